@@ -1,0 +1,105 @@
+"""The interface every collaborative-filtering backbone implements, and the registry that
+finds backbones by name (``"sasrec"``, ``"gru4rec"``, ``"nextitnet"``, ``"ncf"`` or a user's own).
+
+A-LLMRec needs exactly three things from a CF model, all defined here:
+
+* ``item_embeddings()``: the item table ``E`` of shape ``(n_items + 1, dim)`` (row 0 padding);
+* ``user_representation(users, histories)``: ``x^u`` of shape ``(B, dim)``; for sequential
+  models the last hidden state of the history, for NCF the user embedding;
+* ``score(users, histories, candidates)``: ``(B, C)`` scores, higher is better.
+
+``histories`` are left-padded ``(B, max_len)`` int64 tensors (0 = padding), most recent item last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass
+class CFConfig:
+    """Options shared by all backbones; a backbone subclasses this to add its own."""
+
+    n_items: int = 0
+    n_users: int = 0
+    dim: int = 50
+    max_len: int = 50
+    dropout: float = 0.5
+
+
+class CFBackbone(nn.Module, ABC):
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[CFConfig]] = CFConfig
+
+    def __init__(self, config: CFConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @abstractmethod
+    def item_embeddings(self) -> torch.Tensor:
+        """``(n_items + 1, dim)`` item embedding table, row 0 = padding."""
+
+    @abstractmethod
+    def user_representation(self, users: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
+        """``(B, dim)`` user representation ``x^u``."""
+
+    def score(self, users: torch.Tensor, histories: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` scores of ``candidates`` ``(B, C)``; default ``x^u . E_i``."""
+        x = self.user_representation(users, histories)
+        return torch.einsum("bd,bcd->bc", x, self.item_embeddings()[candidates])
+
+    @abstractmethod
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Loss for one batch produced by the backbone's ``batch_kind`` sampler."""
+
+
+_REGISTRY: dict[str, type[CFBackbone]] = {}
+
+
+def register_backbone(name: str):
+    """Class decorator: ``@register_backbone("mymodel")`` makes ``"mymodel"`` usable in configs."""
+
+    def deco(cls: type[CFBackbone]) -> type[CFBackbone]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"a CF backbone named {name!r} is already registered ({_REGISTRY[name].__qualname__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get_backbone_class(name: str) -> type[CFBackbone]:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown CF backbone {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def available_backbones() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_backbone(name: str, **options: Any) -> CFBackbone:
+    cls = get_backbone_class(name)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = set(options) - fields
+    if unknown:
+        raise ValueError(f"unknown option(s) for backbone {name!r}: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(fields))}")
+    return cls(cls.config_class(**options))
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register_backbone decorators.
+    from allmrec.cf import gru4rec, ncf, nextitnet, sasrec  # noqa: F401

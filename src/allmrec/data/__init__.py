@@ -1,0 +1,3 @@
+from allmrec.data.dataset import SequenceDataset
+
+__all__ = ["SequenceDataset"]

@@ -1,0 +1,50 @@
+"""Ranking metrics over the stored candidate sets (column 0 = the true item).
+
+Ties are broken pessimistically: a candidate scoring exactly as high as the truth ranks above
+it, so a model that scores everything equally gets Hit@1 = 0, not 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_KS = (1, 5, 10)
+
+
+def target_ranks(scores: np.ndarray) -> np.ndarray:
+    """0-based rank of column 0 in each row of ``scores`` ``(U, C)``; higher score = better."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be (users, candidates), got shape {scores.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    truth = scores[:, :1]
+    return (scores[:, 1:] >= truth).sum(axis=1)
+
+
+def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
+    """Hit@k, NDCG@k and MRR from 0-based ranks of the true item."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    n = len(ranks)
+    out: dict[str, float] = {"users": float(n)}
+    if n == 0:
+        return out
+    for k in ks:
+        hit = ranks < k
+        out[f"hit@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    out["mrr"] = float((1.0 / (ranks + 1.0)).mean())
+    return out
+
+
+def hit_interval(hits: np.ndarray, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95% interval for a hit rate (used for Hit@1 on samples of users)."""
+    hits = np.asarray(hits, dtype=np.float64)
+    n = len(hits)
+    if n == 0:
+        return (0.0, 0.0)
+    p = hits.mean()
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (float(centre - half), float(centre + half))
