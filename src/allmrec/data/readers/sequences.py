@@ -1,0 +1,64 @@
+"""``sequences`` format (e.g. ../shared/data/amazon-beauty).
+
+``sequences.txt``: one user a line, ``USER ITEM ITEM ...`` oldest first, no timestamps or
+ratings (file order is the time). ``items.jsonl``: one JSON object a line with ``item_id``,
+``title``, ``categories`` (list of lists), optionally ``brand`` / ``description``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from allmrec.data.config import PrepareConfig
+from allmrec.data.raw import DataFormatError, RawData
+from allmrec.data.readers._common import (check_items, finish_items, interactions_frame, numbered_lines,
+                                          require, resolve_file)
+
+
+def files(config: PrepareConfig) -> dict[str, Path]:
+    return {
+        "interactions": resolve_file(config, config.interactions_file, ["sequences.txt", "sequences.txt.gz"], "interactions"),
+        "items": resolve_file(config, config.items_file, ["items.jsonl", "items.jsonl.gz", "items.json"], "items"),
+    }
+
+
+def read_jsonl_items(path: Path, id_field: str = "item_id") -> pd.DataFrame:
+    rows = []
+    for line_no, line in numbered_lines(path):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(path, line_no, None, f"not a valid JSON object ({err.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataFormatError(path, line_no, None, "expected a JSON object")
+        rec[id_field] = str(require(rec, id_field, path, line_no))
+        rows.append(rec)
+    return pd.DataFrame(rows) if rows else pd.DataFrame({id_field: pd.Series([], dtype=str)})
+
+
+def read(config: PrepareConfig, paths: dict[str, Path]) -> RawData:
+    seq_path = paths["interactions"]
+    users: list[str] = []
+    items: list[str] = []
+    lines: list[int] = []
+    seen_users: dict[str, int] = {}
+    for line_no, line in numbered_lines(seq_path):
+        tokens = line.split()
+        if len(tokens) < 2:
+            raise DataFormatError(seq_path, line_no, "items", f"user {tokens[0]!r} has no items")
+        if tokens[0] in seen_users:
+            raise DataFormatError(seq_path, line_no, "user_id",
+                                  f"user {tokens[0]!r} already listed on line {seen_users[tokens[0]]}")
+        seen_users[tokens[0]] = line_no
+        users.extend([tokens[0]] * (len(tokens) - 1))
+        items.extend(tokens[1:])
+        lines.extend([line_no] * (len(tokens) - 1))
+    inter = interactions_frame(users, items)
+    meta = finish_items(read_jsonl_items(paths["items"]), config, paths["items"])
+    info: dict = {}
+    inter = check_items(inter, np.asarray(lines), meta, config, seq_path, info)
+    return RawData(inter, meta, files=[seq_path, paths["items"]], info=info)
