@@ -158,9 +158,10 @@ class Pipeline:
         if self._dataset is None or force:
             self._dataset = prepare(self.data_config(), force=force)
         if show:
-            from allmrec.data import print_stats
+            from allmrec.data import dataset_dir, print_stats
 
             print_stats(self._dataset)
+            print(f"prepared dataset (statistics in meta.json): {dataset_dir(self.data_config())}")
         return self._dataset
 
     # ---- CF -----------------------------------------------------------------------------------
