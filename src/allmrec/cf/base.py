@@ -9,6 +9,19 @@ A-LLMRec needs exactly three things from a CF model, all defined here:
 * ``score(users, histories, candidates)``: ``(B, C)`` scores, higher is better.
 
 ``histories`` are left-padded ``(B, max_len)`` int64 tensors (0 = padding), most recent item last.
+
+Two class attributes tell the trainer how to feed a backbone:
+
+* ``batch_kind``: which sampler of :mod:`allmrec.cf.sampling` builds its training batches,
+  ``"sequence"`` (``inputs``/``positives``/``negatives`` of shape ``(B, L)``) or
+  ``"pointwise"`` (``users``/``items``/``labels`` of shape ``(N,)``);
+* ``padding_invariant``: ``True`` when the output for a history does not depend on how much
+  left padding it carries, so batches may be trimmed to their longest row (a large speed-up on
+  short sequences). Leave it ``False`` unless a test proves it.
+
+Sequential backbones can subclass :class:`allmrec.cf.sequential.SequentialBackbone`, which
+supplies the user representation (last position) and the BCE-with-one-negative loss from a
+single ``sequence_output(histories) -> (B, L, dim)``.
 """
 
 from __future__ import annotations
@@ -35,6 +48,8 @@ class CFConfig:
 class CFBackbone(nn.Module, ABC):
     name: ClassVar[str] = ""
     config_class: ClassVar[type[CFConfig]] = CFConfig
+    batch_kind: ClassVar[str] = "sequence"
+    padding_invariant: ClassVar[bool] = False
 
     def __init__(self, config: CFConfig) -> None:
         super().__init__()
@@ -60,6 +75,10 @@ class CFBackbone(nn.Module, ABC):
     @abstractmethod
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Loss for one batch produced by the backbone's ``batch_kind`` sampler."""
+
+    def prepare_training(self, train_users: torch.Tensor) -> None:
+        """Called once by the trainer before training with the ``(n_users,)`` bool mask of the
+        users whose sequences train the model (NCF uses it to know which user rows are learnt)."""
 
 
 _REGISTRY: dict[str, type[CFBackbone]] = {}
