@@ -222,3 +222,238 @@ class Pipeline:
         if limit is not None and limit < len(users):
             users = np.sort(rng(opts.seed, "eval-users", split).choice(users, size=limit, replace=False))
         return users
+
+    # ---- stage 1 ------------------------------------------------------------------------------
+    @property
+    def stage1_dir(self) -> Path:
+        return self.run_dir / "stage1"
+
+    def stage1_config(self):
+        from allmrec.align import Stage1Config
+        from allmrec.config import from_dict
+
+        return from_dict(Stage1Config, self.section("stage1"), where="stage1")
+
+    def align(self, show: bool = False):
+        """Stage 1 (resumes an interrupted run; a finished one is reused as it is)."""
+        from allmrec.align import train_stage1
+
+        ds = self.prepare()
+        cf = self.train_cf() if not (self.cf_dir / "done.json").exists() else self.load_cf()
+        self.save_config()
+        result = train_stage1(ds, cf, str(self.config["text_encoder"]), self.stage1_config(), self.stage1_dir, resume=True, progress=True)
+        if show and result.history:
+            last = result.history[-1]
+            print("stage 1 last epoch: " + ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "matching", "item_recon", "text_recon", "rec") if k in last))
+            print(f"checkpoint: {result.checkpoint}")
+        return result
+
+    def joint_items(self, cf, use_text: str = "none"):
+        """The ``(n_items + 1, d')`` joint embedding table fed to stage 2.
+
+        ``use_text``: ``"none"`` (e_i for every item, the paper's default), ``"unknown"`` (q_i for
+        items without training interactions: A-LLMRec (SBERT)) or ``"all"`` (q_i everywhere).
+        """
+        import torch
+
+        from allmrec.align import item_text_embeddings, joint_item_table, load_stage1, untrained_item_mask
+
+        ds = self.prepare()
+        if not (self.stage1_dir / "latest.json").exists():
+            raise FileNotFoundError(f"no stage-1 checkpoint in {self.stage1_dir}; run `allmrec align --run {self.run_dir}` first")
+        model, encoder, _ = load_stage1(self.stage1_dir)
+        if use_text == "none":
+            mask = None
+            text = None
+        else:
+            text = item_text_embeddings(encoder, ds)
+            mask = untrained_item_mask(ds) if use_text == "unknown" else np.ones(ds.n_items + 1, dtype=bool)
+            mask[0] = False
+        with torch.no_grad():
+            return joint_item_table(model, cf.item_embeddings().detach().float(), text, mask)
+
+    # ---- stage 2 ------------------------------------------------------------------------------
+    @property
+    def stage2_dir(self) -> Path:
+        return self.run_dir / "stage2"
+
+    def stage2_config(self):
+        from allmrec.align import Stage2Config
+        from allmrec.config import from_dict
+
+        return from_dict(Stage2Config, self.section("stage2"), where="stage2")
+
+    def load_llm(self):
+        if getattr(self, "_llm", None) is None:
+            from allmrec.config import from_dict
+            from allmrec.llm import LLMConfig, load_llm
+
+            self._llm = load_llm(from_dict(LLMConfig, self.section("llm"), where="llm"))
+        return self._llm
+
+    def _ensure_cf(self):
+        return self.load_cf() if (self.cf_dir / "done.json").exists() else self.train_cf()
+
+    def train_stage2(self, show: bool = False):
+        from allmrec.align import train_stage2
+
+        ds = self.prepare()
+        cf = self._ensure_cf()
+        if not (self.stage1_dir / "latest.json").exists():
+            self.align()
+        self.save_config()
+        joint = self.joint_items(cf)
+        llm, tok = self.load_llm()
+        model, info = train_stage2(ds, cf, joint, llm, tok, self.stage2_config(), self.stage2_dir, resume=True, progress=True)
+        if show:
+            print(f"stage 2: {info.get('step', '?')} steps; model: {self.stage2_dir / 'model.safetensors'}")
+        return model
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, show: bool = False) -> dict[str, Any]:
+        """Score every method in ``eval.methods`` on the same users and stored candidates;
+        report overall and per scenario; write ``results/<split>.json`` and ``.md``."""
+        from allmrec.data import get_scenario
+        from allmrec.eval.metrics import hit_interval, ranking_metrics
+        from allmrec.eval.report import write_results
+
+        opts = self.eval_options()
+        ds = self.prepare()
+        users = self.eval_users(ds, opts.split)
+        scenarios = {}
+        for name in opts.scenarios:
+            sc = get_scenario(ds, name)
+            scenarios[name] = np.isin(users, sc.eval_users)
+        per_user: dict[str, dict[str, np.ndarray]] = {}
+        results: dict[str, Any] = {"dataset": ds.name, "fingerprint": ds.fingerprint, "split": opts.split,
+                                   "users": int(len(users)), "user_sample_seed": opts.seed if opts.max_users else None,
+                                   "config": self.config, "methods": {}}
+        for method in opts.methods:
+            t0 = time.perf_counter()
+            columns = self._score_method(method, ds, users, opts)
+            seconds = time.perf_counter() - t0
+            per_user[method] = columns
+            entry: dict[str, Any] = {"seconds": round(seconds, 2), "seconds_per_user": round(seconds / max(len(users), 1), 4)}
+            for name, mask in scenarios.items():
+                row: dict[str, Any] = {}
+                if "rank" in columns:
+                    row.update(ranking_metrics(columns["rank"][mask]))
+                    row["hit@1_ci95"] = list(hit_interval(columns["rank"][mask] == 0))
+                if "gen_hit" in columns:
+                    row["users"] = float(mask.sum())
+                    row["gen_hit@1"] = float(columns["gen_hit"][mask].mean()) if mask.any() else None
+                    row["gen_no_match"] = float(columns["gen_no_match"][mask].mean()) if mask.any() else None
+                entry[name] = row
+            results["methods"][method] = entry
+            log.info("%s: %s", method, {k: v for k, v in entry.get("overall", {}).items() if k in ("hit@1", "gen_hit@1")})
+        out_dir = self.run_dir / "results"
+        rows = {f"{m} / {s}": results["methods"][m][s] for m in opts.methods for s in scenarios}
+        columns = ["hit@1", "hit@5", "hit@10", "ndcg@10", "mrr", "gen_hit@1", "gen_no_match", "users"]
+        json_path, md_path = write_results(out_dir, opts.split, results, rows, columns,
+                                           title=f"{ds.name}: {opts.split} users, 1 + {ds.test_candidates.shape[1] - 1} stored candidates")
+        if show:
+            print(md_path.read_text())
+            print(f"results: {json_path} and {md_path}")
+        return results
+
+    def _score_method(self, method: str, ds, users: np.ndarray, opts: EvalOptions) -> dict[str, np.ndarray]:
+        """Per-user columns for ``method``: ``rank`` (0-based rank of the truth) and, in
+        generation mode, ``gen_hit`` / ``gen_no_match``."""
+        from allmrec.eval.metrics import target_ranks
+
+        if method == "cf":
+            from allmrec.cf import score_candidates
+
+            return {"rank": target_ranks(score_candidates(self.load_cf(), ds, opts.split, users))}
+        if method not in ("llm-only", "allmrec", "allmrec-sbert"):
+            raise ValueError(f"eval.methods: unknown method {method!r}; known: cf, llm-only, allmrec, allmrec-sbert")
+        from allmrec.align import load_stage2
+        from allmrec.llm import PromptConfig
+        from allmrec.recommend import InferenceConfig, evaluate_llm
+
+        llm, tok = self.load_llm()
+        s2cfg = self.stage2_config()
+        kwargs: dict[str, Any] = {}
+        if method == "llm-only":
+            kwargs["prompt"] = PromptConfig(style="text", history_len=s2cfg.history_len, max_title_tokens=s2cfg.max_title_tokens)
+        else:
+            cf = self.load_cf()
+            if not (self.stage2_dir / "model.json").exists():
+                raise FileNotFoundError(f"no stage-2 model in {self.stage2_dir}; run `allmrec train --run {self.run_dir}` first")
+            stage2 = load_stage2(self.stage2_dir, llm=llm, cf_model=cf)
+            kwargs.update(stage2=stage2, cf_model=cf, joint_items=self.joint_items(cf, "unknown" if method == "allmrec-sbert" else "none"))
+        modes = ["rank", "generate"] if opts.mode == "both" else [opts.mode]
+        out: dict[str, np.ndarray] = {}
+        for mode in modes:
+            cfg = InferenceConfig(mode=mode, seed=opts.seed, progress=True)
+            metrics, rows = evaluate_llm(ds, llm, tok, opts.split, users, config=cfg, **kwargs)
+            if mode == "rank":
+                out["rank"] = np.array([r["rank"] for r in rows], dtype=np.int64)
+            else:
+                out["gen_hit"] = np.array([r["gen_hit"] for r in rows], dtype=bool)
+                out["gen_no_match"] = np.array([r["matched"] is None for r in rows], dtype=bool)
+                self._write_outputs(method, rows)
+        return out
+
+    def _write_outputs(self, method: str, rows: list[dict[str, Any]]) -> None:
+        import json
+
+        path = self.run_dir / "results" / f"generations-{method}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps({k: r[k] for k in ("user", "target", "generated", "answer", "matched", "gen_hit")}) + "\n" for r in rows))
+
+    # ---- recommend ------------------------------------------------------------------------------
+    def recommend(self, history: list[str], candidates: list[str] | None, top: int = 10, show: bool = False):
+        """Rank ``candidates`` (original item ids; default: 19 seeded random unseen items) for a
+        history of original item ids with the trained A-LLMRec model."""
+        from allmrec.align import load_stage2
+        from allmrec.recommend import Recommender
+        from allmrec.utils.seed import rng
+
+        ds = self.prepare()
+        index = {str(iid): i for i, iid in enumerate(ds.item_ids) if i > 0}
+        unknown = [h for h in history + (candidates or []) if h not in index]
+        if unknown:
+            raise KeyError(f"unknown item id(s) for dataset {ds.name}: {', '.join(unknown[:5])}")
+        hist = [index[h] for h in history]
+        if candidates:
+            cands = [index[c] for c in candidates]
+        else:
+            pool = np.setdiff1d(np.arange(1, ds.n_items + 1), hist)
+            cands = rng(0, "recommend").choice(pool, size=min(19, len(pool)), replace=False).tolist()
+        cf = self.load_cf()
+        llm, tok = self.load_llm()
+        stage2 = load_stage2(self.stage2_dir, llm=llm, cf_model=cf)
+        rec = Recommender.from_dataset(ds, llm, tok, stage2=stage2, cf_model=cf, joint_items=self.joint_items(cf))
+        ranked = rec.recommend(hist, cands)[:top]
+        if show:
+            for pos, (item, score) in enumerate(ranked, 1):
+                print(f"{pos:2d}. {ds.item_ids[item]}  {ds.titles[item]}  (log-lik {score:.2f})")
+        return ranked
+
+    # ---- demo -----------------------------------------------------------------------------------
+    def demo(self) -> dict[str, Any]:
+        """Every step on the configured dataset, then the comparison table."""
+        from rich.console import Console
+
+        console = Console()
+        t0 = time.perf_counter()
+        steps = [("prepare", lambda: self.prepare(show=True)), ("CF model", lambda: self.train_cf(show=True)),
+                 ("stage 1", lambda: self.align(show=True)), ("stage 2", lambda: self.train_stage2(show=True)),
+                 ("evaluate", lambda: self.evaluate(show=True))]
+        timings = {}
+        for name, fn in steps:
+            console.rule(f"[bold]{name}")
+            s = time.perf_counter()
+            out = fn()
+            timings[name] = round(time.perf_counter() - s, 1)
+        total = time.perf_counter() - t0
+        console.rule("[bold]summary")
+        for m, entry in out["methods"].items():
+            ov = entry["overall"]
+            extra = f", generation exact match {ov['gen_hit@1']:.3f}" if "gen_hit@1" in ov else ""
+            hit = f"Hit@1 {ov['hit@1']:.3f} [{ov['hit@1_ci95'][0]:.3f}, {ov['hit@1_ci95'][1]:.3f}]" if "hit@1" in ov else ""
+            console.print(f"{m:>14}: {hit}{extra}")
+        console.print(f"{int(out['users'])} test users, same candidates for every method. Step times (s): {timings}; total {total / 60:.1f} min")
+        return out

@@ -1,0 +1,105 @@
+"""A tiny end-to-end run through the command line: prepare -> train-cf -> align -> train ->
+evaluate -> recommend, with the real bundled LLM and text encoder on a synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from allmrec.cli import app
+
+runner = CliRunner()
+
+
+def _write_dataset(folder):
+    """40 users walking through 4 groups of 6 items in order: an easy sequential pattern."""
+    gen = np.random.default_rng(0)
+    folder.mkdir()
+    items = [f"I{i:02d}" for i in range(24)]
+    colours = ["red", "blue", "green", "black", "white", "yellow"]
+    things = ["apple", "car", "house", "river"]
+    with open(folder / "items.jsonl", "w") as f:
+        for i, iid in enumerate(items):
+            f.write(json.dumps({"item_id": iid, "title": f"{colours[i % 6]} {things[i // 6]}", "categories": [["Toys", things[i // 6]]]}) + "\n")
+    with open(folder / "sequences.txt", "w") as f:
+        for u in range(40):
+            start = int(gen.integers(0, 24))
+            seq = [items[(start + k) % 24] for k in range(int(gen.integers(6, 10)))]
+            f.write(f"U{u} " + " ".join(seq) + "\n")
+
+
+@pytest.fixture(scope="module")
+def run_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    _write_dataset(root / "raw")
+    config = {
+        "dataset": "amazon-beauty",  # the preset: sequences format, "bought"/"item" wording
+        "data": {"path": str(root / "raw"), "k_core": 0, "n_candidates": 6, "name": "tiny"},
+        "cf": {"epochs": 3, "patience": 0, "backbone_options": {"dim": 16, "max_len": 10}},
+        "stage1": {"epochs": 1, "freeze_text_encoder": True, "batch_size": 16},
+        "llm": {"device": "cpu"},
+        "stage2": {"max_steps": 2, "batch_size": 2, "n_candidates": 6, "history_len": 3, "max_title_tokens": 4},
+        "eval": {"methods": ["cf", "llm-only", "allmrec"], "max_users": 4, "mode": "both"},
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return root, path
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_end_to_end(run_setup):
+    root, config = run_setup
+    run = root / "run"
+    out = _ok(runner.invoke(app, ["prepare", "--config", str(config), "--run", str(run)]))
+    assert "users" in out and "40" in out
+    _ok(runner.invoke(app, ["train-cf", "--config", str(config), "--run", str(run)]))
+    assert (run / "cf" / "model.safetensors").exists()
+    assert (run / "config.yaml").exists()
+    # Later steps read the run's saved config: no --config needed.
+    _ok(runner.invoke(app, ["align", "--run", str(run)]))
+    _ok(runner.invoke(app, ["train", "--run", str(run)]))
+    assert (run / "stage2" / "model.safetensors").exists()
+    out = _ok(runner.invoke(app, ["evaluate", "--run", str(run)]))
+    results = json.loads((run / "results" / "test.json").read_text())
+    assert set(results["methods"]) == {"cf", "llm-only", "allmrec"}
+    for method, entry in results["methods"].items():
+        overall = entry["overall"]
+        assert overall["users"] == 4
+        assert 0.0 <= overall["hit@1"] <= overall["hit@5"] <= 1.0
+        if method != "cf":
+            assert 0.0 <= overall["gen_hit@1"] <= 1.0
+    assert (run / "results" / "test.md").exists() and "cf / overall" in out
+    out = _ok(runner.invoke(app, ["recommend", "--run", str(run), "--history", "I01,I02,I03", "--candidates", "I04,I10,I20", "--top", "3"]))
+    assert out.count("\n") >= 3 and "I04" in out
+
+
+def test_same_command_twice_same_numbers(run_setup):
+    root, config = run_setup
+    run = root / "run"
+    first = json.loads((run / "results" / "test.json").read_text())
+    _ok(runner.invoke(app, ["evaluate", "--run", str(run), "--methods", "cf,allmrec", "--mode", "rank"]))
+    second = json.loads((run / "results" / "test.json").read_text())
+    for method in ("cf", "allmrec"):
+        assert second["methods"][method]["overall"]["mrr"] == first["methods"][method]["overall"]["mrr"]
+
+
+def test_bad_inputs_give_clear_errors(run_setup, tmp_path):
+    root, config = run_setup
+    result = runner.invoke(app, ["prepare", "--config", str(config), "--set", "nosuch.key=1"])
+    assert result.exit_code == 2 and "unknown section 'nosuch'" in result.output
+    result = runner.invoke(app, ["prepare", "--config", str(config), "--set", "data.no_such_option=1", "--run", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "no_such_option" in result.output
+    result = runner.invoke(app, ["recommend", "--run", str(root / "run"), "--history", "NOT_AN_ITEM"])
+    assert result.exit_code == 2 and "NOT_AN_ITEM" in result.output
+    # Evaluating an untrained run says which step is missing instead of training silently.
+    result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "empty"), "--config", str(config), "--methods", "allmrec"])
+    assert result.exit_code == 2 and "allmrec train-cf" in result.output
+    assert not (tmp_path / "empty" / "cf").exists()
