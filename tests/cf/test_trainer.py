@@ -180,3 +180,11 @@ def test_user_defined_backbone(dataset, tmp_path):
     model, history = train_cf(dataset, cfg, tmp_path, progress=False)
     assert isinstance(model, MeanPool) and model.config.scale == 2.0 and len(history) == 2
     assert isinstance(load_cf(tmp_path), MeanPool)
+
+
+def test_training_leaves_the_thread_count_as_it_found_it(dataset, tmp_path):
+    # The demo trains the CF model and then the LLM in one process: a CF run on 1 thread must
+    # not leave the LLM on 1 thread.
+    torch.set_num_threads(2)
+    train_cf(dataset, _config("sasrec", epochs=1, threads=1), tmp_path, progress=False)
+    assert torch.get_num_threads() == 2

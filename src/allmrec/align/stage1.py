@@ -56,6 +56,7 @@ from allmrec.data.dataset import SequenceDataset
 from allmrec.text.embeddings import item_text_embeddings
 from allmrec.text.encoder import TextEncoder, load_text_encoder
 from allmrec.utils.fingerprint import state_fingerprint, strings_fingerprint
+from allmrec.utils.runtime import torch_threads
 from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json
 from allmrec.utils.seed import rng
 
@@ -307,16 +308,6 @@ def _frozen_cf(cf_model: nn.Module) -> Iterator[None]:
         cf_model.train(was_training)
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 @torch.no_grad()
 def _user_representations(cf_model: CFBackbone, ex: _Examples, device: torch.device, batch: int = 512) -> torch.Tensor:
     out = []
@@ -375,7 +366,7 @@ def train_stage1(
 
     # fork_rng: the per-epoch seeding below must not leak into the caller's global RNG.
     rng_devices = [device] if device.type == "cuda" else []
-    with _torch_threads(config.threads), _frozen_cf(cf_model), torch.random.fork_rng(devices=rng_devices):
+    with torch_threads(config.threads), _frozen_cf(cf_model), torch.random.fork_rng(devices=rng_devices):
         cf_model.to(device)
         identity = {
             "cf": _cf_identity(cf_model),

@@ -35,6 +35,7 @@ from allmrec.cf.sampling import make_sampler
 from allmrec.config import from_dict
 from allmrec.data.dataset import SequenceDataset
 from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json
+from allmrec.utils.runtime import torch_threads
 from allmrec.utils.seed import rng
 
 log = logging.getLogger(__name__)
@@ -223,12 +224,18 @@ def train_cf(
         ``loss``, ``train_seconds``, ``sequences_per_s``; on validated epochs also ``valid`` and
         ``eval_seconds``).
     """
+    with torch_threads(config.threads):
+        return _train_cf(dataset, config, out_dir, resume, progress)
+
+
+def _train_cf(
+    dataset: SequenceDataset, config: TrainCFConfig, out_dir: str | Path, resume: bool = True, progress: bool = True
+) -> tuple[CFBackbone, list[dict[str, Any]]]:
+    
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
     device = torch.device(config.device)
     options = dict(config.backbone_options)
     for key, value in (("n_items", dataset.n_items), ("n_users", dataset.n_users)):
