@@ -103,3 +103,43 @@ def test_bad_inputs_give_clear_errors(run_setup, tmp_path):
     result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "empty"), "--config", str(config), "--methods", "allmrec"])
     assert result.exit_code == 2 and "allmrec train-cf" in result.output
     assert not (tmp_path / "empty" / "cf").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_llm_folder(tmp_path_factory):
+    """A randomly initialised 2-layer GPT-2 saved as a plain Hugging Face folder: any causal LM
+    folder must work by configuration alone (the paper used OPT-6.7B)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from allmrec.llm import load_llm
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    _, tok = load_llm()  # reuse the bundled tokenizer's vocabulary
+    config = GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=64, n_layer=2, n_head=2,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    import torch
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_backbone_and_llm_swap_by_configuration(run_setup, tiny_llm_folder):
+    root, config = run_setup
+    run = root / "run-swap"
+    sets = ["--set", "cf.backbone=gru4rec", "--set", f"llm.name_or_path={tiny_llm_folder}", "--set", "llm.dtype=float32",
+            "--set", "eval.methods=[cf,allmrec]", "--set", "eval.mode=rank"]
+    _ok(runner.invoke(app, ["train-cf", "--config", str(config), "--run", str(run), *sets]))
+    _ok(runner.invoke(app, ["align", "--run", str(run)]))
+    _ok(runner.invoke(app, ["train", "--run", str(run)]))
+    _ok(runner.invoke(app, ["evaluate", "--run", str(run)]))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["cf"]["backbone"] == "gru4rec" and saved["llm"]["name_or_path"] == str(tiny_llm_folder)
+    meta = json.loads((run / "stage2" / "model.json").read_text())
+    assert meta["dims"]["hidden"] == 64  # projected into the swapped LLM's width
+    results = json.loads((run / "results" / "test.json").read_text())
+    assert results["methods"]["allmrec"]["overall"]["users"] == 4
+    # A stage-2 model trained for one LLM is refused for another.
+    result = runner.invoke(app, ["evaluate", "--run", str(run), "--set", "llm.name_or_path=default", "--set", "llm.dtype=auto"])
+    assert result.exit_code == 2 and "llm" in result.output.lower()

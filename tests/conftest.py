@@ -1,4 +1,9 @@
+"""Fixtures shared by the test packages that load the real bundled models."""
+
+import os
+
 import pytest
+import torch
 
 from allmrec.llm.testing import shared_test_llm
 
@@ -11,12 +16,8 @@ def smollm(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """LLM tests run on one thread (ALLMREC_TEST_THREADS overrides): with two OpenMP threads on
-    two cores shared with other processes, the busy-waiting threads made these tests ~10x slower."""
-    import os
-
-    import torch
-
+    """Tests run on one thread (ALLMREC_TEST_THREADS overrides): with two OpenMP threads on two
+    cores shared with other processes, the busy-waiting threads made the LLM tests ~10x slower."""
     old = torch.get_num_threads()
     torch.set_num_threads(int(os.environ.get("ALLMREC_TEST_THREADS", "1")))
     yield
