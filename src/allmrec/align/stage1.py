@@ -57,7 +57,7 @@ from allmrec.text.embeddings import item_text_embeddings
 from allmrec.text.encoder import TextEncoder, load_text_encoder
 from allmrec.utils.fingerprint import state_fingerprint, strings_fingerprint
 from allmrec.utils.runtime import torch_threads
-from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json
+from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json, optimizer_from_tensors, optimizer_to_tensors
 from allmrec.utils.seed import rng
 
 _ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity}
@@ -486,7 +486,7 @@ def _save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_tensors(tmp / "stage1.safetensors", model.state_dict())
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
     save_tensors(tmp / "optimizer.safetensors", opt_tensors)
     write_json(tmp / "optimizer.json", opt_meta)
     if text_encoder is not None:
@@ -512,28 +512,6 @@ def _save_checkpoint(
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, pstate in state["state"].items():
-        for k, v in pstate.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{pid}.{k}"] = v
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    for pid, d in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(d)
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def _resolve_checkpoint(directory: Path) -> Path:
@@ -590,7 +568,7 @@ def _load_training_state(
         saved = TextEncoder.load(ckpt / "text_encoder", device=device)
         encoder.model.load_state_dict(saved.model.state_dict())
         del saved
-    optimizer.load_state_dict(_unflatten_optimizer(load_tensors(ckpt / "optimizer.safetensors"), read_json(ckpt / "optimizer.json")))
+    optimizer.load_state_dict(optimizer_from_tensors(load_tensors(ckpt / "optimizer.safetensors"), read_json(ckpt / "optimizer.json")))
     state = read_json(ckpt / "trainer_state.json")
     return int(state["epoch"]), list(state["history"])
 

@@ -51,7 +51,7 @@ from allmrec.llm.prompt import Prompt, PromptConfig, build_prompt, display_title
 from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
 from allmrec.utils.fingerprint import state_fingerprint, strings_fingerprint
-from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json
+from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json, optimizer_from_tensors, optimizer_to_tensors
 from allmrec.utils.seed import rng
 
 log = logging.getLogger(__name__)
@@ -320,32 +320,6 @@ def epoch_plan(dataset: SequenceDataset, users: np.ndarray, config: Stage2Config
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, st in sd["state"].items():
-        for key, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{pid}.{key}"] = value
-            else:
-                scalars[f"{pid}.{key}"] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
-    for name, value in meta["scalars"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
 def _save_checkpoint(out_dir: Path, model: Stage2Model, opt: torch.optim.Optimizer, state: dict[str, Any], keep: int) -> Path:
     ckpt_root = out_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -357,7 +331,7 @@ def _save_checkpoint(out_dir: Path, model: Stage2Model, opt: torch.optim.Optimiz
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
     try:
         save_tensors(tmp / "projectors.safetensors", model.state_dict(), metadata={"format": FORMAT, "step": str(state["step"])})
-        tensors, opt_meta = _flatten_optimizer(opt)
+        tensors, opt_meta = optimizer_to_tensors(opt)
         save_tensors(tmp / "optimizer.safetensors", tensors)
         write_json(tmp / "trainer_state.json", {**state, "optimizer": opt_meta})
         if final.exists():  # a partial folder from a crash (no trainer_state.json): replace it
@@ -466,7 +440,7 @@ def train_stage2(
             check_identities(saved.get("identity", {}), identities, ckpt)
             _check_config(saved.get("stage2", {}), config, ckpt)
             model.load_state_dict(load_tensors(ckpt / "projectors.safetensors", device=device))
-            opt.load_state_dict(_unflatten_optimizer(load_tensors(ckpt / "optimizer.safetensors", device=device), saved["optimizer"]))
+            opt.load_state_dict(optimizer_from_tensors(load_tensors(ckpt / "optimizer.safetensors", device=device), saved["optimizer"]))
             state = {k: saved[k] for k in ("format", "step", "epoch_loss", "loss_log", "seconds")}
             log.info("stage 2: resuming from %s (step %d of %d)", ckpt, state["step"], total)
         write_json(out / "config.json", meta)

@@ -34,7 +34,7 @@ from allmrec.cf.evaluate import evaluate_cf
 from allmrec.cf.sampling import make_sampler
 from allmrec.config import from_dict
 from allmrec.data.dataset import SequenceDataset
-from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json
+from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json, optimizer_from_tensors, optimizer_to_tensors
 from allmrec.utils.runtime import torch_threads
 from allmrec.utils.seed import rng
 
@@ -149,31 +149,6 @@ def load_cf(path: str | Path, device: str | torch.device = "cpu") -> CFBackbone:
 
 
 # ---- optimizer state as safetensors + JSON ---------------------------------------------------
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, st in sd["state"].items():
-        for key, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{pid}.{key}"] = value
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, _jsonable({"param_groups": sd["param_groups"], "scalars": scalars})
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
-    for name, value in meta["scalars"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
 # ---- training -------------------------------------------------------------------------------
 def _check_resume(state: dict[str, Any], config: TrainCFConfig, fingerprint: str, state_path: Path) -> None:
     if state.get("format") != STATE_FORMAT:
@@ -274,7 +249,7 @@ def _train_cf(
                 raise FileNotFoundError(f"{state_path}: names checkpoint file {p.name}, which is missing")
         model.load_state_dict(load_tensors(files[0], device=device))
         # Optimizer tensors load on the CPU; load_state_dict moves moments to the parameters' device.
-        optimizer.load_state_dict(_unflatten_optimizer(load_tensors(files[1]), stored["optimizer"]))
+        optimizer.load_state_dict(optimizer_from_tensors(load_tensors(files[1]), stored["optimizer"]))
         state.update({k: stored[k] for k in ("epoch", "best_metric", "best_epoch", "bad_evals", "history")})
         state["checkpoint"], state["optimizer"] = ckpt, stored["optimizer"]
     elif state_path.exists() or (out_dir / "model.json").exists():
@@ -351,7 +326,7 @@ def _write_checkpoint(out_dir: Path, state: dict[str, Any], model: CFBackbone, o
     epoch = state["epoch"]
     names = {"model": f"checkpoint-e{epoch:04d}.model.safetensors", "optimizer": f"checkpoint-e{epoch:04d}.optim.safetensors"}
     save_tensors(out_dir / names["model"], model.state_dict(), metadata={"epoch": str(epoch)})
-    tensors, meta = _flatten_optimizer(optimizer)
+    tensors, meta = optimizer_to_tensors(optimizer)
     save_tensors(out_dir / names["optimizer"], tensors, metadata={"epoch": str(epoch)})
     state["checkpoint"], state["optimizer"] = names, meta
     write_json(out_dir / "trainer_state.json", _jsonable(state))
