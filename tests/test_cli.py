@@ -97,6 +97,9 @@ def test_bad_inputs_give_clear_errors(run_setup, tmp_path):
     assert result.exit_code == 2 and "unknown section 'nosuch'" in result.output
     result = runner.invoke(app, ["prepare", "--config", str(config), "--set", "data.no_such_option=1", "--run", str(tmp_path / "r")])
     assert result.exit_code == 2 and "no_such_option" in result.output
+    # A finished CF run is not silently reused for other options.
+    result = runner.invoke(app, ["train-cf", "--run", str(root / "run"), "--backbone", "ncf"])
+    assert result.exit_code == 2 and "cf.backbone='sasrec'" in result.output.replace("\n", "")
     result = runner.invoke(app, ["recommend", "--run", str(root / "run"), "--history", "NOT_AN_ITEM"])
     assert result.exit_code == 2 and "NOT_AN_ITEM" in result.output
     # Evaluating an untrained run says which step is missing instead of training silently.

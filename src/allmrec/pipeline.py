@@ -181,6 +181,7 @@ class Pipeline:
         ds = self.prepare()
         self.save_config()
         if (self.cf_dir / "model.safetensors").exists() and (self.cf_dir / "done.json").exists():
+            self._check_cf_matches_config()
             log.info("CF model already trained in %s; reusing it", self.cf_dir)
             model = load_cf(self.cf_dir)
         else:
@@ -196,6 +197,23 @@ class Pipeline:
             print(f"{model.name} validation ({len(users)} users): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "users"))
             print(f"model: {self.cf_dir / 'model.safetensors'}")
         return model
+
+    def _check_cf_matches_config(self) -> None:
+        """A finished CF run is reused only for the options it was trained with."""
+        import json
+
+        from allmrec.cf.trainer import RESUMABLE_FIELDS
+        from allmrec.utils.io import read_json
+
+        state_path = self.cf_dir / "trainer_state.json"
+        if not state_path.exists():  # a model copied in from elsewhere (benchmarks --cf-from)
+            return
+        saved = read_json(state_path).get("config", {})
+        current = json.loads(json.dumps(dataclasses.asdict(self.cf_config()), default=list))
+        for key, value in current.items():
+            if key not in RESUMABLE_FIELDS and saved.get(key) != value:
+                raise ValueError(f"{self.cf_dir}: the CF model there was trained with cf.{key}={saved.get(key)!r}, "
+                                 f"but cf.{key}={value!r} is asked for; use another --run folder")
 
     def load_cf(self):
         from allmrec.cf import load_cf
@@ -239,7 +257,7 @@ class Pipeline:
         from allmrec.align import train_stage1
 
         ds = self.prepare()
-        cf = self.train_cf() if not (self.cf_dir / "done.json").exists() else self.load_cf()
+        cf = self._ensure_cf()
         self.save_config()
         result = train_stage1(ds, cf, str(self.config["text_encoder"]), self.stage1_config(), self.stage1_dir, resume=True, progress=True)
         if show and result.history:
@@ -292,7 +310,8 @@ class Pipeline:
         return self._llm
 
     def _ensure_cf(self):
-        return self.load_cf() if (self.cf_dir / "done.json").exists() else self.train_cf()
+        """The trained CF model (trained first if missing; checked against the config if not)."""
+        return self.train_cf()
 
     def train_stage2(self, show: bool = False):
         from allmrec.align import train_stage2
