@@ -38,18 +38,11 @@ class GRU4Rec(SequentialBackbone):
 
     def __init__(self, config: GRU4RecConfig) -> None:
         super().__init__(config)
-        if config.n_items <= 0:
-            raise ValueError("GRU4RecConfig.n_items must be set (number of items, ids 1..n_items)")
         d = config.dim
-        self.item_emb = nn.Embedding(config.n_items + 1, d, padding_idx=0)
-        self.emb_dropout = nn.Dropout(config.dropout)
         self.gru = nn.GRU(d, d, num_layers=config.n_layers, batch_first=True, dropout=config.dropout if config.n_layers > 1 else 0.0)
         nn.init.xavier_normal_(self.item_emb.weight)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight
 
     def sequence_output(self, histories: torch.Tensor) -> torch.Tensor:
         histories = self._clip(histories)

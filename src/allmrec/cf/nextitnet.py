@@ -63,20 +63,13 @@ class NextItNet(SequentialBackbone):
 
     def __init__(self, config: NextItNetConfig) -> None:
         super().__init__(config)
-        if config.n_items <= 0:
-            raise ValueError("NextItNetConfig.n_items must be set (number of items, ids 1..n_items)")
         if not config.dilations or any(int(r) <= 0 for r in config.dilations):
             raise ValueError(f"NextItNetConfig.dilations must be positive integers, got {config.dilations}")
         d = config.dim
-        self.item_emb = nn.Embedding(config.n_items + 1, d, padding_idx=0)
-        self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(_ResidualBlock(d, config.kernel_size, int(r)) for r in config.dilations)
         nn.init.xavier_normal_(self.item_emb.weight)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight
 
     def sequence_output(self, histories: torch.Tensor) -> torch.Tensor:
         histories = self._clip(histories)

@@ -96,12 +96,8 @@ class SASRec(SequentialBackbone):
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__(config)
-        if config.n_items <= 0:
-            raise ValueError("SASRecConfig.n_items must be set (number of items, ids 1..n_items)")
         d = config.dim
-        self.item_emb = nn.Embedding(config.n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(config.max_len, d)
-        self.emb_dropout = nn.Dropout(config.dropout)
         self.attn_norms = nn.ModuleList(nn.LayerNorm(d, eps=1e-8) for _ in range(config.n_blocks))
         self.attns = nn.ModuleList(_CausalSelfAttention(d, config.n_heads, config.dropout) for _ in range(config.n_blocks))
         self.ffn_norms = nn.ModuleList(nn.LayerNorm(d, eps=1e-8) for _ in range(config.n_blocks))
@@ -116,9 +112,6 @@ class SASRec(SequentialBackbone):
                 nn.init.xavier_normal_(param)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight
 
     def sequence_output(self, histories: torch.Tensor) -> torch.Tensor:
         histories = self._clip(histories)

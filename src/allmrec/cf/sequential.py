@@ -16,13 +16,26 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from allmrec.cf.base import CFBackbone
+from torch import nn
+
+from allmrec.cf.base import CFBackbone, CFConfig
 
 
 class SequentialBackbone(CFBackbone):
     batch_kind: ClassVar[str] = "sequence"
     # True if packed_output() is implemented: training batches then share rows between users.
     supports_packing: ClassVar[bool] = False
+
+    def __init__(self, config: CFConfig) -> None:
+        super().__init__(config)
+        if config.n_items <= 0:
+            raise ValueError(f"{type(config).__name__}.n_items must be set (number of items, ids 1..n_items)")
+        # Created first in every subclass, so parameter order and seeded init stay as they were.
+        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
+        self.emb_dropout = nn.Dropout(config.dropout)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight
 
     @abstractmethod
     def sequence_output(self, histories: torch.Tensor) -> torch.Tensor:
