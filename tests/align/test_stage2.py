@@ -5,26 +5,7 @@ import torch
 from allmrec.align import Stage2Config, Stage2Model, load_stage2, train_stage2
 from allmrec.align.stage2 import epoch_plan, training_users
 from allmrec.llm import PromptConfig, build_prompt, display_titles, splice, target_loss
-from allmrec.llm.testing import shared_test_llm, tiny_cf, tiny_dataset
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Stage-2 tests run on one thread (ALLMREC_TEST_THREADS overrides): with two OpenMP threads on
-    two cores shared with other processes, the busy-waiting threads made these tests ~10x slower."""
-    import os
-
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("ALLMREC_TEST_THREADS", "1")))
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def smollm(tmp_path_factory):
-    return shared_test_llm(str(tmp_path_factory.getbasetemp() / "allmrec_home"))
+from allmrec.llm.testing import tiny_cf, tiny_dataset
 
 
 @pytest.fixture(scope="module")
