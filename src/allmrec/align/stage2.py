@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from allmrec.align.listwise import ScoreHead, candidate_states, listwise_loss
 from allmrec.cf.base import CFBackbone
 from allmrec.data.dataset import SequenceDataset
 from allmrec.llm.loading import DTYPES, hidden_size, llm_identity
@@ -58,7 +59,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = "allmrec-stage2/1"
 # Options that may change between an interrupted run and its resumption.
-RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "cf_batch_size"}
+RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "cf_batch_size", "eval_every"}
+OBJECTIVES = ("lm", "listwise")
+TRAIN_TARGETS = ("train", "valid")
+ITEM_TABLES = ("joint", "cf", "random", "zeros")
 
 
 @dataclass
@@ -88,6 +92,34 @@ class Stage2Config:
         Steps per entry of the loss log in ``trainer_state.json``.
     cf_batch_size : int
         Batch size for computing ``x^u`` with the frozen CF model.
+    objective : str
+        ``"lm"`` (paper eq. 8: next-token loss on the target title) or ``"listwise"`` (score the
+        candidates from the LLM's hidden states, :mod:`allmrec.align.listwise`).
+    residual : bool
+        Listwise only: the score is the frozen CF model's (standardised) score, gated, plus what
+        the LLM path adds; training starts at the CF model's ranking.
+    train_target : str
+        ``"train"`` (paper: the last training item, history before it) or ``"valid"`` (the
+        held-out validation item, history = the training sequence). The frozen CF model has
+        fitted every training item, so a residual trained on them learns to trust it blindly;
+        the validation item is what the CF model has never seen, like the test item.
+    train_projectors : bool
+        ``False`` keeps ``F_U``/``F_I`` at their seeded initialisation and trains only the
+        listwise head (the LLM then runs without a backward pass: ~3x cheaper per step).
+    soft_norm : bool
+        Rescale every soft token to the mean norm of the LLM's own token embeddings.
+    head_width : int
+        Hidden width of the listwise head.
+    valid_users : int
+        Seeded training users held out of stage-2 training; their validation items give the
+        learning curve (validation Hit@1 every ``eval_every`` steps, in ``trainer_state``).
+    eval_every : int
+        Steps between learning-curve points (0: none).
+    item_table : str
+        What the item soft tokens read (the pipeline builds the table): ``"joint"`` (stage-1
+        ``e_i``, the paper), ``"cf"`` (the CF model's item embeddings: the MLP-LLM baseline),
+        ``"random"`` (seeded Gaussian rows: ablation) or ``"zeros"`` (no item information, ``F_I``
+        emits one learned placeholder vector: the "w/o joint embedding" ablation).
     """
 
     lr: float = 1e-4
@@ -106,10 +138,28 @@ class Stage2Config:
     keep_checkpoints: int = 1
     log_every: int = 10
     cf_batch_size: int = 256
+    objective: str = "lm"
+    residual: bool = False
+    train_target: str = "train"
+    train_projectors: bool = True
+    soft_norm: bool = False
+    head_width: int = 256
+    valid_users: int = 0
+    eval_every: int = 0
+    item_table: str = "joint"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"Stage2Config.dtype: expected one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name, allowed in (("objective", OBJECTIVES), ("train_target", TRAIN_TARGETS), ("item_table", ITEM_TABLES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Stage2Config.{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.residual and self.objective != "listwise":
+            raise ValueError("Stage2Config.residual needs objective 'listwise' (the LM loss has no score to add the CF score to)")
+        if not self.train_projectors and self.objective != "listwise":
+            raise ValueError("Stage2Config.train_projectors: False leaves nothing to train with objective 'lm'")
+        if self.valid_users < 0 or self.eval_every < 0 or self.head_width < 1:
+            raise ValueError("Stage2Config: valid_users and eval_every must be >= 0, head_width >= 1")
         for name in ("batch_size", "epochs", "n_candidates", "checkpoint_every", "keep_checkpoints", "log_every", "cf_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Stage2Config.{name} must be >= 1, got {getattr(self, name)}")
@@ -145,7 +195,7 @@ class Stage2Model(nn.Module):
     non-zero initial biases keep ``F_U`` away from that (do not zero them).
     """
 
-    def __init__(self, user_dim: int, item_dim: int, hidden: int, seed: int = 0) -> None:
+    def __init__(self, user_dim: int, item_dim: int, hidden: int, seed: int = 0, head_width: int | None = None, soft_norm: float | None = None) -> None:
         super().__init__()
         self.user_dim, self.item_dim, self.hidden = int(user_dim), int(item_dim), int(hidden)
         self.user_proj = _mlp(user_dim, hidden, nn.LeakyReLU())
@@ -156,6 +206,13 @@ class Stage2Model(nn.Module):
                 nn.init.xavier_normal_(layer.weight, generator=gen)
                 bound = 1.0 / math.sqrt(layer.weight.shape[1])
                 nn.init.uniform_(layer.bias, -bound, bound, generator=gen)
+        # The listwise objective's output head (None for the paper's LM objective).
+        self.head = ScoreHead(hidden, head_width, seed) if head_width else None
+        # Target norm of every soft token (None: raw projections, as in the paper).
+        if soft_norm:
+            self.register_buffer("soft_norm", torch.tensor(float(soft_norm)))
+        else:
+            self.soft_norm = None
         self.meta: dict[str, Any] = {}  # prompt config, identities, training state (set by train/load)
 
     @property
@@ -196,7 +253,49 @@ class Stage2Model(nn.Module):
             idx = torch.as_tensor(items, dtype=torch.long, device=joint_items.device)
             pieces.append(self.item_proj(joint_items[idx].to(weight)))
         table = torch.cat(pieces, 0)
+        if self.soft_norm is not None:
+            table = table * (self.soft_norm / table.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         return table[torch.as_tensor(order, device=table.device)]
+
+    @property
+    def objective(self) -> str:
+        return "listwise" if self.head is not None else "lm"
+
+    @property
+    def residual(self) -> bool:
+        return bool((self.meta.get("stage2") or {}).get("residual", False))
+
+    def listwise_scores(
+        self, llm: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], user_reps: torch.Tensor | None, joint_items: torch.Tensor, cf_scores: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scores ``(B, C)`` of each prompt's candidates in display order (listwise objective).
+
+        ``cf_scores`` ``(B, C)`` (same order) are required by a residual model and ignored otherwise.
+        """
+        if self.head is None:
+            raise ValueError("this stage-2 model was trained with the LM objective; it has no listwise head")
+        n_cand = len(prompts[0].candidates)
+        if any(len(p.candidates) != n_cand for p in prompts):
+            raise ValueError("listwise scoring needs the same number of candidates in every prompt of a batch")
+        h_cand, h_last = self.listwise_states(llm, tokenizer, prompts, user_reps, joint_items)
+        return self.score_states(h_cand, h_last, cf_scores)
+
+    def listwise_states(self, llm: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], user_reps: torch.Tensor | None, joint_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LLM's hidden states at the candidates' soft tokens and at the prompt's end."""
+        n_cand = len(prompts[0].candidates)
+        soft = self.soft_vectors(prompts, user_reps, joint_items)
+        batch = splice(prompts, tokenizer, llm.get_input_embeddings(), soft, padding_side="left")
+        return candidate_states(llm, batch, n_cand)
+
+    def score_states(self, h_cand: torch.Tensor, h_last: torch.Tensor, cf_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """The listwise head on :meth:`listwise_states` (plus the CF scores for a residual model)."""
+        if self.head is None:
+            raise ValueError("this stage-2 model was trained with the LM objective; it has no listwise head")
+        if self.residual:
+            if cf_scores is None:
+                raise ValueError("a residual stage-2 model needs the CF model's candidate scores")
+            return self.head(h_cand, h_last, cf_scores.to(h_cand.device))
+        return self.head(h_cand, h_last)
 
     def prompt_config(self) -> PromptConfig:
         """The prompt settings this model was trained with."""
@@ -276,6 +375,26 @@ def user_representations(cf_model: CFBackbone, users: Sequence[int], histories: 
     return torch.cat(out)
 
 
+@torch.no_grad()
+def cf_candidate_scores(cf_model: CFBackbone, users: Sequence[int], histories: Sequence[Sequence[int]], candidates: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """The frozen CF model's scores ``(len(users), C)`` of ``candidates`` (float32, CPU)."""
+    was_training = cf_model.training
+    cf_model.eval()
+    params = list(cf_model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    width = int(getattr(getattr(cf_model, "config", None), "max_len", 0) or max((len(h) for h in histories), default=1) or 1)
+    cands = torch.as_tensor(np.asarray(candidates, dtype=np.int64))
+    out = []
+    try:
+        for s in range(0, len(users), batch_size):
+            u = torch.as_tensor(np.asarray(users[s : s + batch_size]), dtype=torch.long, device=device)
+            h = left_pad(histories[s : s + batch_size], width).to(device)
+            out.append(cf_model.score(u, h, cands[s : s + batch_size].to(device)).float().cpu())
+    finally:
+        cf_model.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, cands.shape[1] if cands.dim() == 2 else 0))
+
+
 def sample_negatives(dataset: SequenceDataset, users: Sequence[int], n: int, gen: np.random.Generator) -> np.ndarray:
     """``(len(users), n)`` items each user never interacted with (distinct within a row)."""
     out = np.zeros((len(users), n), dtype=np.int64)
@@ -297,13 +416,41 @@ def sample_negatives(dataset: SequenceDataset, users: Sequence[int], n: int, gen
     return out
 
 
-def training_users(dataset: SequenceDataset, config: Stage2Config) -> np.ndarray:
-    """Training users with >= 2 training items, optionally a seeded sample (sorted ids)."""
+def _eligible_users(dataset: SequenceDataset, config: Stage2Config) -> np.ndarray:
+    need = 2 if config.train_target == "train" else 1  # a non-empty history before the target
     users = np.flatnonzero(np.asarray(dataset.train_users, dtype=bool))
-    users = users[[len(dataset.train_sequence(u)) >= 2 for u in users]]
+    return users[[len(dataset.train_sequence(u)) >= need for u in users]]
+
+
+def curve_users(dataset: SequenceDataset, config: Stage2Config) -> np.ndarray:
+    """The seeded training users held out of stage 2 for the learning curve (sorted ids)."""
+    users = np.flatnonzero(np.asarray(dataset.train_users, dtype=bool))
+    users = users[[len(dataset.train_sequence(u)) >= 1 for u in users]]
+    n = min(config.valid_users, len(users))
+    return np.sort(rng(config.seed, "stage2-curve").choice(users, size=n, replace=False)) if n else users[:0]
+
+
+def training_users(dataset: SequenceDataset, config: Stage2Config) -> np.ndarray:
+    """Training users with a history before their stage-2 target (>= 2 training items for the
+    ``train`` target, >= 1 for ``valid``), minus :func:`curve_users`, optionally a seeded sample
+    (sorted ids)."""
+    users = _eligible_users(dataset, config)
+    if config.valid_users:
+        users = np.setdiff1d(users, curve_users(dataset, config))
     if config.max_train_users is not None and config.max_train_users < len(users):
         users = np.sort(rng(config.seed, "stage2-users").choice(users, size=config.max_train_users, replace=False))
     return users
+
+
+def example_history(dataset: SequenceDataset, user: int, config: Stage2Config) -> np.ndarray:
+    """History before the stage-2 training target of ``user``."""
+    seq = dataset.train_sequence(user)
+    return seq[:-1] if config.train_target == "train" else seq
+
+
+def example_target(dataset: SequenceDataset, user: int, config: Stage2Config) -> int:
+    """The stage-2 training target of ``user`` (last training item, or the validation item)."""
+    return int(dataset.train_sequence(user)[-1]) if config.train_target == "train" else dataset.target(user, "valid")
 
 
 def epoch_plan(dataset: SequenceDataset, users: np.ndarray, config: Stage2Config, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +459,7 @@ def epoch_plan(dataset: SequenceDataset, users: np.ndarray, config: Stage2Config
     gen = rng(config.seed, "stage2-epoch", epoch)
     order = gen.permutation(len(users))
     negs = sample_negatives(dataset, users, config.n_candidates - 1, gen)
-    targets = np.array([dataset.train_sequence(u)[-1] for u in users], dtype=np.int64)
+    targets = np.array([example_target(dataset, u, config) for u in users], dtype=np.int64)
     cands = np.concatenate([targets[:, None], negs], 1)
     for r in range(len(users)):
         cands[r] = cands[r][gen.permutation(cands.shape[1])]
@@ -360,7 +507,7 @@ def _latest_checkpoint(out_dir: Path) -> Path | None:
 
 def _clear_run(out_dir: Path) -> None:
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    for name in ("latest.json", "model.json", "model.safetensors"):
+    for name in ("latest.json", "model.json", "model.safetensors", "llm_states.safetensors"):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -424,10 +571,15 @@ def train_stage2(
     if config.max_steps is not None:
         total = min(total, config.max_steps)
 
-    model = Stage2Model(cf_model.dim, joint_items.shape[1], hidden_size(llm), seed=config.seed)
+    listwise = config.objective == "listwise"
+    soft_norm = float(llm.get_input_embeddings().weight.detach().float().norm(dim=-1).mean()) if config.soft_norm else None
+    model = Stage2Model(cf_model.dim, joint_items.shape[1], hidden_size(llm), seed=config.seed, head_width=config.head_width if listwise else None, soft_norm=soft_norm)
     model.to(device=device, dtype=DTYPES[config.dtype])
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
-    state: dict[str, Any] = {"format": FORMAT, "step": 0, "epoch_loss": {}, "loss_log": [], "seconds": 0.0}
+    if not config.train_projectors:
+        model.user_proj.requires_grad_(False)
+        model.item_proj.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr, betas=(0.9, 0.98))
+    state: dict[str, Any] = {"format": FORMAT, "step": 0, "epoch_loss": {}, "loss_log": [], "curve": [], "seconds": 0.0}
     meta = {"format": FORMAT, "stage2": dataclasses.asdict(config), "prompt": dataclasses.asdict(prompt_cfg), "identity": identities,
             "dims": {"user": model.user_dim, "item": model.item_dim, "hidden": model.hidden}}
     out = Path(out_dir) if out_dir is not None else None
@@ -442,6 +594,7 @@ def train_stage2(
             model.load_state_dict(load_tensors(ckpt / "projectors.safetensors", device=device))
             opt.load_state_dict(optimizer_from_tensors(load_tensors(ckpt / "optimizer.safetensors", device=device), saved["optimizer"]))
             state = {k: saved[k] for k in ("format", "step", "epoch_loss", "loss_log", "seconds")}
+            state["curve"] = saved.get("curve", [])
             log.info("stage 2: resuming from %s (step %d of %d)", ckpt, state["step"], total)
         write_json(out / "config.json", meta)
         if state["step"] < total:
@@ -450,11 +603,31 @@ def train_stage2(
     model.meta = dict(meta)
 
     titles = display_titles(dataset.titles, tokenizer, config.max_title_tokens)
-    histories = [dataset.train_sequence(u)[:-1] for u in users]
+    histories = [example_history(dataset, u, config) for u in users]
+    targets = np.array([example_target(dataset, u, config) for u in users], dtype=np.int64)
     x_u = user_representations(cf_model, users, histories, config.cf_batch_size)
     joint = joint_items.detach().to(device)
     embedding = llm.get_input_embeddings()
     llm.eval()
+    held_out = curve_users(dataset, config) if config.eval_every else None
+
+    def curve_point() -> None:
+        """Validation Hit@1 / NDCG@10 of the held-out users at the current step."""
+        if held_out is None or len(held_out) == 0 or any(p[0] == state["step"] for p in state["curve"]):
+            return
+        from allmrec.recommend.inference import InferenceConfig, evaluate_llm
+
+        nonlocal started
+        t0 = time.perf_counter()
+        model.eval()
+        if cached:
+            metrics = cached_validation()
+        else:
+            metrics, _ = evaluate_llm(dataset, llm, tokenizer, "valid", held_out, stage2=model, cf_model=cf_model, joint_items=joint, config=InferenceConfig(mode="rank", seed=config.seed))
+        model.train()
+        state["curve"].append([state["step"], metrics["hit@1"], metrics["ndcg@10"]])
+        started += time.perf_counter() - t0  # evaluation is not training time
+        log.info("stage 2: step %d, validation Hit@1 %.4f on %d held-out users", state["step"], metrics["hit@1"], len(held_out))
 
     def save() -> None:
         if out is not None:
@@ -463,18 +636,97 @@ def train_stage2(
     bar = tqdm(total=total, initial=state["step"], desc="stage 2", disable=not progress, dynamic_ncols=True)
     window: list[float] = []
     started = time.perf_counter() - float(state["seconds"])
+    # With frozen projectors nothing before the head trains: the LLM's states of each training
+    # example are computed once (epoch 0's candidates are kept for later epochs) and reused, so
+    # extra epochs cost only the head.
+    cached = listwise and not config.train_projectors
+    fixed_cands = epoch_plan(dataset, users, config, 0)[1] if cached else None
+    state_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    states_file = out / "llm_states.safetensors" if (cached and out is not None) else None
+    states_key = strings_fingerprint([repr(sorted(identities.items())), repr({k: v for k, v in sorted(dataclasses.asdict(config).items()) if k not in RESUMABLE_FIELDS})])
+    if states_file is not None and states_file.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(states_file), framework="pt") as fh:
+            same = (fh.metadata() or {}).get("key") == states_key
+        saved_states = load_tensors(states_file) if same else {}
+        if same and torch.equal(saved_states["users"], torch.as_tensor(users)):
+            for k, r in enumerate(saved_states["rows"].tolist()):
+                state_cache[int(r)] = (saved_states["h_cand"][k], saved_states["h_last"][k])
+
+    def save_states() -> None:
+        """Keep the LLM states of every training example once epoch 0 has made them all (a
+        resumed run then skips the LLM)."""
+        if states_file is None or states_file.exists() or len(state_cache) < len(users):
+            return
+        rows = sorted(state_cache)
+        save_tensors(states_file, {"rows": torch.as_tensor(rows), "users": torch.as_tensor(users),
+                                   "h_cand": torch.stack([state_cache[r][0] for r in rows]), "h_last": torch.stack([state_cache[r][1] for r in rows])},
+                     metadata={"key": states_key})
+
+    def cached_states(rows: np.ndarray, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [k for k, r in enumerate(rows) if int(r) not in state_cache]
+        if missing:
+            with torch.no_grad():
+                hc, hl = model.listwise_states(llm, tokenizer, [prompts[k] for k in missing], x_u[rows[missing]].to(device), joint)
+            for j, k in enumerate(missing):
+                state_cache[int(rows[k])] = (hc[j].cpu(), hl[j].cpu())
+        h_cand = torch.stack([state_cache[int(r)][0] for r in rows]).to(device)
+        h_last = torch.stack([state_cache[int(r)][1] for r in rows]).to(device)
+        return h_cand, h_last
+
+    val_cache: dict[str, Any] = {}
+
+    @torch.no_grad()
+    def cached_validation() -> dict[str, float]:
+        """The held-out users' metrics from their LLM states, computed once (frozen projectors),
+        with the candidates shown as :func:`allmrec.recommend.evaluate_llm` shows them."""
+        from allmrec.eval.metrics import ranking_metrics, target_ranks
+        from allmrec.recommend.inference import display_order
+
+        if not val_cache:
+            hists = [dataset.history(int(u), "valid") for u in held_out]
+            shown = np.stack([c[display_order(c, config.seed, f"valid:{int(u)}")] for u, c in zip(held_out, dataset.valid_candidates[held_out])])
+            xv = user_representations(cf_model, held_out, hists, config.cf_batch_size)
+            hc, hl = [], []
+            for k in range(len(held_out)):
+                prompt = build_prompt(hists[k], shown[k], titles, dataset.wording, prompt_cfg)
+                a, b = model.listwise_states(llm, tokenizer, [prompt], xv[k : k + 1].to(device), joint)
+                hc.append(a[0].cpu())
+                hl.append(b[0].cpu())
+            val_cache.update(h_cand=torch.stack(hc), h_last=torch.stack(hl), shown=shown,
+                             cf=cf_candidate_scores(cf_model, held_out, hists, shown) if config.residual else None,
+                             truth=(shown == dataset.valid_candidates[held_out, :1]).argmax(1))
+        sc = model.score_states(val_cache["h_cand"].to(device), val_cache["h_last"].to(device), val_cache["cf"]).float().cpu().numpy()
+        t = val_cache["truth"]
+        first = np.concatenate([sc[np.arange(len(t)), t][:, None], np.delete(sc, t + np.arange(len(t)) * sc.shape[1]).reshape(len(t), -1)], 1)
+        return ranking_metrics(target_ranks(first))
+
     model.train()
+    if config.eval_every:
+        curve_point()
     while state["step"] < total:
         epoch, within = divmod(state["step"], steps_per_epoch)
         order, cands = epoch_plan(dataset, users, config, epoch)
+        if cached:
+            cands = fixed_cands  # the cached LLM states are those of epoch 0's candidates
         for i in range(within, steps_per_epoch):
             if state["step"] >= total:
                 break
             rows = order[i * config.batch_size : (i + 1) * config.batch_size]
-            prompts = [build_prompt(histories[r], cands[r], titles, dataset.wording, prompt_cfg, int(dataset.train_sequence(users[r])[-1])) for r in rows]
-            soft = model.soft_vectors(prompts, x_u[rows].to(device), joint)
-            batch = splice(prompts, tokenizer, embedding, soft, targets=[p.target for p in prompts], padding_side="right")
-            loss = target_loss(llm, batch)
+            prompts = [build_prompt(histories[r], cands[r], titles, dataset.wording, prompt_cfg, int(targets[r])) for r in rows]
+            if listwise:
+                cf = cf_candidate_scores(cf_model, users[rows], [histories[r] for r in rows], cands[rows]) if config.residual else None
+                if cached:
+                    h_cand, h_last = cached_states(rows, prompts)
+                else:
+                    h_cand, h_last = model.listwise_states(llm, tokenizer, prompts, x_u[rows].to(device), joint)
+                scores = model.score_states(h_cand, h_last, cf)
+                loss = listwise_loss(scores, torch.as_tensor((cands[rows] == targets[rows, None]).argmax(1)))
+            else:
+                soft = model.soft_vectors(prompts, x_u[rows].to(device), joint)
+                batch = splice(prompts, tokenizer, embedding, soft, targets=[p.target for p in prompts], padding_side="right")
+                loss = target_loss(llm, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage 2: non-finite loss {loss.item()} at step {state['step']}")
             opt.zero_grad(set_to_none=True)
@@ -492,8 +744,14 @@ def train_stage2(
             state["seconds"] = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")
+            if config.eval_every and state["step"] % config.eval_every == 0:
+                curve_point()
             if state["step"] % config.checkpoint_every == 0 and state["step"] < total:
                 save()
+        if cached:
+            save_states()
+    if config.eval_every:
+        curve_point()
     bar.close()
     model.eval()
     state["seconds"] = time.perf_counter() - started
@@ -560,7 +818,9 @@ def load_stage2(
     if joint_items is not None:
         current["joint_items"] = tensor_fingerprint(joint_items)
     check_identities(meta.get("identity", {}), current, path)
-    model = Stage2Model(user_dim, item_dim, hidden)
+    head_width = tensors["head.net.0.weight"].shape[0] if "head.net.0.weight" in tensors else None
+    soft_norm = float(tensors["soft_norm"]) if "soft_norm" in tensors else None
+    model = Stage2Model(user_dim, item_dim, hidden, head_width=head_width, soft_norm=soft_norm)
     model.load_state_dict(tensors)
     model.meta = meta
     if device is None and llm is not None:

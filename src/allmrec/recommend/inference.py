@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from allmrec.align.stage2 import Stage2Model, user_representations
+from allmrec.align.stage2 import Stage2Model, cf_candidate_scores, user_representations
 from allmrec.data.dataset import SequenceDataset
 from allmrec.eval.metrics import ranking_metrics, target_ranks
 from allmrec.llm.prompt import Prompt, PromptConfig, build_prompt, display_titles
@@ -60,6 +60,19 @@ class ProjectedSoftTokens:
                 raise ValueError("the prompts have a user soft token but no CF model was given")
             x_u = user_representations(self.cf_model, list(users), list(histories), self.cf_batch_size)
         return self.stage2.soft_vectors(prompts, x_u, self.joint_items.to(self.stage2.device))
+
+    @property
+    def listwise(self) -> bool:
+        return self.stage2.head is not None
+
+    def listwise_scores(self, llm: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], users: Sequence[int], histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Head scores ``(B, C)`` of a listwise stage-2 model (candidates in display order)."""
+        if self.cf_model is None:
+            raise ValueError("a listwise stage-2 model needs the CF model (user token and residual score)")
+        x_u = user_representations(self.cf_model, list(users), list(histories), self.cf_batch_size)
+        shown = np.asarray([p.candidates for p in prompts], dtype=np.int64)
+        cf = cf_candidate_scores(self.cf_model, list(users), list(histories), shown, self.cf_batch_size) if self.stage2.residual else None
+        return self.stage2.listwise_scores(llm, tokenizer, prompts, x_u, self.joint_items.to(self.stage2.device), cf)
 
 
 @dataclass
@@ -142,6 +155,9 @@ def _run(
     n, n_cand = candidates.shape
     if shown_titles is None:
         shown_titles = display_titles(titles, tokenizer, prompt.max_title_tokens)
+    listwise = bool(getattr(source, "listwise", False)) and prompt.style == "soft"
+    if listwise and generate:
+        raise ValueError("this stage-2 model was trained with the listwise objective: it ranks candidates (mode 'rank') but was not trained to generate titles")
     embedding = llm.get_input_embeddings()
     batch_size = config.batch_size or (8 if embedding.weight.device.type == "cuda" else 1)
     perms = np.stack([display_order(candidates[i], config.seed, keys[i]) for i in range(n)]) if n else np.zeros((0, n_cand), np.int64)
@@ -154,6 +170,11 @@ def _run(
         rows = list(range(s, min(n, s + batch_size)))
         shown = [candidates[r][perms[r]] for r in rows]
         prompts = [build_prompt(histories[r], shown[k], shown_titles, wording, prompt) for k, r in enumerate(rows)]
+        if listwise:
+            sc = source.listwise_scores(llm, tokenizer, prompts, [users[r] for r in rows], [histories[r] for r in rows]).float().cpu().numpy()
+            for k, r in enumerate(rows):
+                scores[r, perms[r]] = sc[k]
+            continue
         soft = source.soft_vectors(prompts, [users[r] for r in rows], [histories[r] for r in rows]) if source is not None and prompt.style == "soft" else None
         batch = splice(prompts, tokenizer, embedding, soft, padding_side="left")
         answers = [tokenize_answers(p.answers, tokenizer, add_eos=True) for p in prompts]
