@@ -106,12 +106,22 @@ def save_cf(model: CFBackbone, out_dir: str | Path, dataset: SequenceDataset | N
     return out_dir
 
 
-def load_cf(path: str | Path, device: str | torch.device = "cpu") -> CFBackbone:
+def load_cf(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    dataset: SequenceDataset | None = None,
+    item_features: torch.Tensor | None = None,
+) -> CFBackbone:
     """Load a backbone saved by :func:`train_cf` / :func:`save_cf`.
 
     ``path`` is the run folder or its ``model.json`` / ``model.safetensors``. The backbone must
     be registered (import the module defining a user-made backbone first). Returns the model in
     eval mode on ``device``.
+
+    Backbones that read item features not stored in the checkpoint (``needs_item_text``, e.g.
+    MoRec's text table) need ``dataset`` (the features are recomputed, normally from a cache) or
+    ``item_features``; the backbone checks they are the ones it was trained with.
     """
     path = Path(path)
     folder = path.parent if path.suffix in (".json", ".safetensors") else path
@@ -139,6 +149,16 @@ def load_cf(path: str | Path, device: str | torch.device = "cpu") -> CFBackbone:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{weights_path}: weights do not match the {meta['backbone']!r} config in {meta_path}: {err}") from err
+    if getattr(cls, "needs_item_text", False):
+        if dataset is None and item_features is None:
+            raise ValueError(f"{meta_path}: backbone {meta['backbone']!r} reads item text features that are not saved; pass dataset= (to recompute them) or item_features=")
+        try:
+            features, _ = cls.prepare_item_features(dataset, dataclasses.asdict(config), item_features)
+            model.set_item_features(features)
+        except ValueError as err:
+            raise ValueError(f"{meta_path}: {err}") from None
+    elif item_features is not None:
+        raise ValueError(f"{meta_path}: backbone {meta['backbone']!r} takes no item features")
     from safetensors import safe_open
 
     with safe_open(str(weights_path), framework="pt") as f:
@@ -178,7 +198,13 @@ def _torch_seed(seed: int, *stream: int | str) -> int:
 
 
 def train_cf(
-    dataset: SequenceDataset, config: TrainCFConfig, out_dir: str | Path, resume: bool = True, progress: bool = True
+    dataset: SequenceDataset,
+    config: TrainCFConfig,
+    out_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    *,
+    item_features: torch.Tensor | None = None,
 ) -> tuple[CFBackbone, list[dict[str, Any]]]:
     """Train ``config.backbone`` on ``dataset``'s training users; keep the best validation model.
 
@@ -192,6 +218,8 @@ def train_cf(
         ``epochs``, ``patience``, ``threads``, ``device``, ``eval_batch_size``); ``False`` deletes
         a previous run's files there and starts over.
     progress : show a progress bar.
+    item_features : for backbones with ``needs_item_text`` (MoRec): the ``(n_items + 1, d)``
+        item text table; default: computed by the backbone from ``dataset`` (cached).
 
     Returns
     -------
@@ -200,11 +228,16 @@ def train_cf(
         ``eval_seconds``).
     """
     with torch_threads(config.threads):
-        return _train_cf(dataset, config, out_dir, resume, progress)
+        return _train_cf(dataset, config, out_dir, resume, progress, item_features)
 
 
 def _train_cf(
-    dataset: SequenceDataset, config: TrainCFConfig, out_dir: str | Path, resume: bool = True, progress: bool = True
+    dataset: SequenceDataset,
+    config: TrainCFConfig,
+    out_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    item_features: torch.Tensor | None = None,
 ) -> tuple[CFBackbone, list[dict[str, Any]]]:
     
     from tqdm.auto import tqdm
@@ -217,8 +250,17 @@ def _train_cf(
         if options.get(key, value) != value:
             raise ValueError(f"backbone_options[{key!r}] = {options[key]} but the dataset has {value}")
         options[key] = value
+    cls = get_backbone_class(config.backbone)
+    features = None
+    if getattr(cls, "needs_item_text", False):
+        # Item features not learnt by the model (MoRec's frozen text table); fills e.g. text_dim.
+        features, options = cls.prepare_item_features(dataset, options, item_features)
+    elif item_features is not None:
+        raise ValueError(f"backbone {config.backbone!r} takes no item features")
     torch.manual_seed(_torch_seed(config.seed, "cf-init"))
     model = build_backbone(config.backbone, **options).to(device)
+    if features is not None:
+        model.set_item_features(features)
     train_mask = np.asarray(dataset.train_users, dtype=bool)
     model.prepare_training(torch.tensor(train_mask, device=device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
@@ -233,6 +275,7 @@ def _train_cf(
         "config": _jsonable(dataclasses.asdict(config)),
         "backbone_config": _jsonable(dataclasses.asdict(model.config)),
         "dataset_fingerprint": fingerprint,
+        "item_features": model.item_features_fingerprint() if features is not None else None,
         "epoch": 0,
         "best_metric": None,
         "best_epoch": 0,
@@ -242,6 +285,11 @@ def _train_cf(
     if state_path.exists() and resume:
         stored = read_json(state_path)
         _check_resume(stored, config, fingerprint, state_path)
+        if stored.get("item_features") != state["item_features"]:
+            raise ValueError(
+                f"{state_path}: cannot resume, the checkpoint was trained with item features {stored.get('item_features')!r}, "
+                f"not with these ({state['item_features']!r}). Use another out_dir, or resume=False to start over."
+            )
         ckpt = stored.get("checkpoint") or {}
         files = [out_dir / ckpt.get("model", "?"), out_dir / ckpt.get("optimizer", "?")]
         for p in files:
@@ -318,7 +366,7 @@ def _train_cf(
     if not (out_dir / "model.json").exists():
         # No validation ran (epochs == 0): the current weights are the only model there is.
         save_cf(model, out_dir, dataset, epoch=state["epoch"], train_config=dataclasses.asdict(config))
-    best = load_cf(out_dir, device=device)
+    best = load_cf(out_dir, device=device, item_features=features)
     return best, list(state["history"])
 
 
