@@ -129,6 +129,54 @@ def answer_text(title: str) -> str:
     return f' "{title}"'
 
 
+def append_text(parts: list[str | SoftToken], text: str) -> None:
+    """Append ``text`` to ``parts``, merged into the last part when that is text too."""
+    if parts and isinstance(parts[-1], str):
+        parts[-1] += text
+    else:
+        parts.append(text)
+
+
+def append_items(parts: list[str | SoftToken], items: Sequence[int], titles: Sequence[str], config: PromptConfig) -> None:
+    """Append ``items`` as a comma-separated list of quoted titles, each with its item soft token
+    (``config.item_token`` side) in the ``"soft"`` style."""
+    for k, item in enumerate(items):
+        sep = " " if k == 0 else ", "
+        title = f'"{titles[item]}"'
+        if config.style != "soft":
+            append_text(parts, sep + title)
+        elif config.item_token == "after":
+            append_text(parts, sep + title)
+            parts.append(SoftToken("item", int(item)))
+        else:
+            append_text(parts, sep)
+            parts.append(SoftToken("item", int(item)))
+            append_text(parts, title)
+
+
+def history_parts(history: Sequence[int], titles: Sequence[str], wording: dict[str, str] | None = None, config: PromptConfig | None = None) -> list[str | SoftToken]:
+    """The opening every prompt shares: the user soft token and its sentence (``"soft"`` style
+    with ``user_token``), then "This user has <verb_past> <last history_len titles> in the past."
+
+    Prompts for other questions (e.g. :mod:`allmrec.eval.genres`) continue from these parts with
+    :func:`append_text`, so they show the history exactly as :func:`build_prompt` does.
+    """
+    config = config or PromptConfig()
+    w = wording_of(wording)
+    history = [int(i) for i in history][-config.history_len :]
+    parts: list[str | SoftToken] = []
+    if config.style == "soft" and config.user_token:
+        parts.append(SoftToken("user"))
+        append_text(parts, " is a user representation. ")
+    if history:
+        append_text(parts, f"This user has {w['verb_past']}")
+        append_items(parts, history, titles, config)
+        append_text(parts, " in the past.")
+    else:
+        append_text(parts, f"This user has not {w['verb_past']} any {w['items']} yet.")
+    return parts
+
+
 def build_prompt(
     history: Sequence[int],
     candidates: Sequence[int],
@@ -156,43 +204,11 @@ def build_prompt(
     """
     config = config or PromptConfig()
     w = wording_of(wording)
-    soft = config.style == "soft"
-    history = [int(i) for i in history][-config.history_len :]
     candidates = [int(i) for i in candidates]
-    parts: list[str | SoftToken] = []
-
-    def add_text(text: str) -> None:
-        if parts and isinstance(parts[-1], str):
-            parts[-1] += text
-        else:
-            parts.append(text)
-
-    def add_items(items: list[int]) -> None:
-        for k, item in enumerate(items):
-            sep = " " if k == 0 else ", "
-            title = f'"{titles[item]}"'
-            if not soft:
-                add_text(sep + title)
-            elif config.item_token == "after":
-                add_text(sep + title)
-                parts.append(SoftToken("item", item))
-            else:
-                add_text(sep)
-                parts.append(SoftToken("item", item))
-                add_text(title)
-
-    if soft and config.user_token:
-        parts.append(SoftToken("user"))
-        add_text(" is a user representation. ")
-    if history:
-        add_text(f"This user has {w['verb_past']}")
-        add_items(history)
-        add_text(" in the past.")
-    else:
-        add_text(f"This user has not {w['verb_past']} any {w['items']} yet.")
-    add_text(f" Recommend a {w['item']} for this user to {w['verb_next']} next from the following set of {w['item']} titles,")
-    add_items(candidates)
-    add_text(". The recommendation is")
+    parts = history_parts(history, titles, wording, config)
+    append_text(parts, f" Recommend a {w['item']} for this user to {w['verb_next']} next from the following set of {w['item']} titles,")
+    append_items(parts, candidates, titles, config)
+    append_text(parts, ". The recommendation is")
     answers = [answer_text(titles[c]) for c in candidates]
     target = answer_text(titles[target_item]) if target_item is not None else None
     return Prompt(parts=parts, candidates=candidates, answers=answers, target_item=target_item, target=target)
