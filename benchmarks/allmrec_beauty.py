@@ -1,11 +1,11 @@
 """A-LLMRec vs SASRec vs LLM-only on Amazon Beauty, on the same test users and stored candidates.
 
     python benchmarks/allmrec_beauty.py --data ../shared/data/amazon-beauty \
-        [--config experiments/beauty_cpu.yaml] [--run runs/bench-allmrec-beauty] [--cf-from runs/bench-cf/sasrec]
+        [--config benchmarks/configs/allmrec_beauty_cpu.yaml] [--run runs/bench-allmrec-beauty] [--cf-from runs/bench-cf/sasrec]
 
 Runs every step through ``allmrec.pipeline`` (each one resumes), evaluates in both inference
 modes, and copies the results to ``benchmarks/results/allmrec_beauty.{json,md}``.
-``--config experiments/beauty_gpu.yaml`` is the paper's full protocol.
+``--config benchmarks/configs/allmrec_beauty_gpu.yaml`` is the paper's full protocol.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "amazon-beauty"))
-    ap.add_argument("--config", default=str(ROOT / "experiments" / "beauty_cpu.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "benchmarks" / "configs" / "allmrec_beauty_cpu.yaml"))
     ap.add_argument("--run", default=str(ROOT / "runs" / "bench-allmrec-beauty"))
     ap.add_argument("--cf-from", default=None, help="reuse a trained CF run folder (e.g. from benchmarks/cf_beauty.py)")
     ap.add_argument("--set", action="append", default=[], help="section.key=value overrides")

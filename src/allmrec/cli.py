@@ -165,5 +165,40 @@ def demo(
     _guard(lambda: pipe.demo())
 
 
+@app.command()
+def experiment(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Experiment YAML (experiments/*_cpu.yaml, *_gpu.yaml)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Experiment folder (default: <out_dir>/<name> from the YAML)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override any key: path.to.key=value, e.g. ablations.enabled=false or base.stage2.max_steps=20."),
+    report_only: bool = typer.Option(False, "--report-only", help="Only rebuild report.md and the plots from the folder's results.json."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
+    plan: bool = typer.Option(False, "--plan", help="Only list the units (training steps, users to score) without running anything."),
+) -> None:
+    """The paper's evaluation suite (baselines, scenarios, ablations, efficiency, genres) for one dataset:
+    every variant trained and evaluated, finished units reused; writes results.json, report.md and plots/."""
+    from allmrec.experiment import ExperimentConfigError, load_experiment, rebuild_report, run_experiment
+
+    try:
+        cfg = load_experiment(config, set_ or [])
+    except (ExperimentConfigError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    root = out or Path(cfg.out_dir) / cfg.name
+    if plan:
+        from allmrec.experiment import ExperimentRunner
+
+        summary = _guard(lambda: ExperimentRunner(cfg, root, console=console).plan_summary())
+        for row in summary["units"]:
+            console.print("  ".join(f"{k}={v}" for k, v in row.items()), highlight=False, soft_wrap=True)
+        console.print(f"{len(summary['units'])} units, {summary['trainings']} trainings, {summary['stage2_steps']} stage-2 steps, "
+                      f"{summary['tallrec_steps']} TALLRec steps, at most {summary['llm_user_evaluations_at_most']} LLM user evaluations", soft_wrap=True)
+        return
+    if report_only:
+        _guard(lambda: rebuild_report(root, plots=not no_plots))
+    else:
+        _guard(lambda: run_experiment(cfg, root, plots=not no_plots, console=console))
+    console.print(f"report: {root / 'report.md'}; results: {root / 'results.json'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

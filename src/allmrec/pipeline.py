@@ -183,7 +183,7 @@ class Pipeline:
         if (self.cf_dir / "model.safetensors").exists() and (self.cf_dir / "done.json").exists():
             self._check_cf_matches_config()
             log.info("CF model already trained in %s; reusing it", self.cf_dir)
-            model = load_cf(self.cf_dir)
+            model = self.load_cf()
         else:
             model, _ = train_cf(ds, self.cf_config(), self.cf_dir, resume=True, progress=True)
             from allmrec.utils.io import write_json
@@ -220,7 +220,13 @@ class Pipeline:
 
         if not (self.cf_dir / "model.safetensors").exists():
             raise FileNotFoundError(f"no trained CF model in {self.cf_dir}; run `allmrec train-cf --run {self.run_dir}` first")
-        return load_cf(self.cf_dir)
+        # Backbones built on item text (MoRec) recompute their frozen text table from the dataset.
+        return load_cf(self.cf_dir, dataset=self.prepare() if self._needs_item_text() else None)
+
+    def _needs_item_text(self) -> bool:
+        from allmrec.cf import get_backbone_class
+
+        return bool(getattr(get_backbone_class(self.cf_config().backbone), "needs_item_text", False))
 
     # ---- evaluation helpers ---------------------------------------------------------------------
     def eval_options(self) -> EvalOptions:
@@ -290,6 +296,23 @@ class Pipeline:
         with torch.no_grad():
             return joint_item_table(model, cf.item_embeddings().detach().float(), text, mask)
 
+    def item_table(self, cf, use_text: str = "none"):
+        """The table the stage-2 item soft tokens read, per ``stage2.item_table``: the joint
+        embeddings (:meth:`joint_items`), the CF item embeddings (MLP-LLM), seeded random rows or
+        zeros (ablations)."""
+        import torch
+
+        kind = self.stage2_config().item_table
+        if kind == "joint":
+            return self.joint_items(cf, use_text)
+        table = cf.item_embeddings().detach().float().cpu()
+        if kind == "cf":
+            return table.clone()
+        if kind == "zeros":
+            return torch.zeros_like(table)
+        gen = torch.Generator().manual_seed(int(self.stage2_config().seed))
+        return torch.randn(table.shape, generator=gen) * table[1:].std()
+
     # ---- stage 2 ------------------------------------------------------------------------------
     @property
     def stage2_dir(self) -> Path:
@@ -318,10 +341,10 @@ class Pipeline:
 
         ds = self.prepare()
         cf = self._ensure_cf()
-        if not (self.stage1_dir / "latest.json").exists():
+        if self.stage2_config().item_table == "joint" and not (self.stage1_dir / "latest.json").exists():
             self.align()
         self.save_config()
-        joint = self.joint_items(cf)
+        joint = self.item_table(cf)
         llm, tok = self.load_llm()
         model, info = train_stage2(ds, cf, joint, llm, tok, self.stage2_config(), self.stage2_dir, resume=True, progress=True)
         if show:
@@ -375,6 +398,10 @@ class Pipeline:
             print(f"results: {json_path} and {md_path}")
         return results
 
+    def score_method(self, method: str, ds, users: np.ndarray, opts: EvalOptions | None = None) -> dict[str, np.ndarray]:
+        """Per-user columns of ``method`` on ``users`` (what ``allmrec evaluate`` reports)."""
+        return self._score_method(method, ds, users, opts or self.eval_options())
+
     def _score_method(self, method: str, ds, users: np.ndarray, opts: EvalOptions) -> dict[str, np.ndarray]:
         """Per-user columns for ``method``: ``rank`` (0-based rank of the truth) and, in
         generation mode, ``gen_hit`` / ``gen_no_match``."""
@@ -400,8 +427,11 @@ class Pipeline:
             if not (self.stage2_dir / "model.json").exists():
                 raise FileNotFoundError(f"no stage-2 model in {self.stage2_dir}; run `allmrec train --run {self.run_dir}` first")
             stage2 = load_stage2(self.stage2_dir, llm=llm, cf_model=cf)
-            kwargs.update(stage2=stage2, cf_model=cf, joint_items=self.joint_items(cf, "unknown" if method == "allmrec-sbert" else "none"))
+            kwargs.update(stage2=stage2, cf_model=cf, joint_items=self.item_table(cf, "unknown" if method == "allmrec-sbert" else "none"))
         modes = ["rank", "generate"] if opts.mode == "both" else [opts.mode]
+        if "stage2" in kwargs and kwargs["stage2"].objective == "listwise" and "generate" in modes:
+            log.info("%s: the listwise stage-2 model ranks but does not generate; generation skipped", method)
+            modes = [m for m in modes if m != "generate"] or ["rank"]
         out: dict[str, np.ndarray] = {}
         for mode in modes:
             cfg = InferenceConfig(mode=mode, seed=opts.seed, progress=True)
@@ -444,7 +474,7 @@ class Pipeline:
         cf = self.load_cf()
         llm, tok = self.load_llm()
         stage2 = load_stage2(self.stage2_dir, llm=llm, cf_model=cf)
-        rec = Recommender.from_dataset(ds, llm, tok, stage2=stage2, cf_model=cf, joint_items=self.joint_items(cf))
+        rec = Recommender.from_dataset(ds, llm, tok, stage2=stage2, cf_model=cf, joint_items=self.item_table(cf))
         ranked = rec.recommend(hist, cands)[:top]
         if show:
             for pos, (item, score) in enumerate(ranked, 1):

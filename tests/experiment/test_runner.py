@@ -1,0 +1,152 @@
+"""`allmrec experiment` end to end on a tiny synthetic dataset with a tiny GPT-2: every part of
+the suite runs, the report's numbers are the JSON's, a rerun skips finished units, and a changed
+size redoes only the units it affects (reusing users already scored)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from allmrec.cli import app
+from allmrec.eval.metrics import ranking_metrics
+
+runner = CliRunner()
+SECTIONS = ["## Overall", "## Cold and warm items", "## Cold users", "## Few-shot training", "## Cross-domain", "## Stage-1 ablations",
+            "## Stage-2 ablations", "## Efficiency", "## Model-agnostic", "## Favourite genres", "## Training runs", "## Plots"]
+
+
+def _invoke(*args):
+    result = runner.invoke(app, ["experiment", *map(str, args)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def _records(root):
+    return {str(p.relative_to(root / "units"))[:-5]: json.loads(p.read_text()) for p in (root / "units").rglob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def ran(tiny_experiment):
+    root, path = tiny_experiment
+    _invoke(path, "--set", "baselines.morec=true")
+    return root / "runs" / "tiny", path
+
+
+def test_every_part_runs_and_reports(ran):
+    exp, _ = ran
+    results = json.loads((exp / "results.json").read_text())
+    statuses = {uid: u["status"] for uid, u in results["units"].items()}
+    assert set(statuses.values()) == {"done"}, {k: v for k, v in statuses.items() if v != "done"}
+    assert set(results["plan"]) == set(results["units"])
+    for uid in ("train/main", "train/paper", "train/morec", "train/mlp-llm", "train/tallrec", "train/few-shot-8", "train/few-shot-8-morec",
+                "eval/cross_domain/main/allmrec", "eval/cross_domain/tallrec/tallrec", "genres/allmrec", "efficiency"):
+        assert uid in results["units"], uid
+    md = (exp / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in md, section
+    assert "A-LLMRec (best mode: listwise residual)" in md and "A-LLMRec (paper: LM loss)" in md
+    assert "CTRL and RECFORMER" in md
+    eff = results["units"]["efficiency"]
+    assert set(eff["train"]) == {"allmrec-paper", "allmrec-best", "tallrec"} and eff["ratios"]
+    for name in ("overall", "cold_warm", "few_shot", "efficiency"):
+        assert (exp / "plots" / f"{name}.png").stat().st_size > 2000
+    assert (exp / "plots" / "curves" / "main.png").exists()
+    assert results["machine"] and all(u.get("machine") for u in results["units"].values())
+
+
+def test_every_number_traces_back_to_the_json(ran):
+    exp, _ = ran
+    results = json.loads((exp / "results.json").read_text())
+    md = (exp / "report.md").read_text()
+    checked = 0
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        uids = [u.strip().strip("`") for u in cells[-1].split(",")]
+        units = [results["units"].get(u) for u in uids]
+        if not all(u and u.get("kind") in ("eval", "cross_domain") for u in units):
+            continue
+        if units[0]["table"] in ("cold_items", "warm_items"):  # cold Hit@1, CI, warm Hit@1
+            positions = [1, 3]
+        elif units[0]["table"].startswith("few_shot_"):  # K first
+            positions = [2]
+        else:
+            positions = [1]
+        for uid, unit, pos in zip(uids, units, positions):
+            assert cells[pos] == f"{unit['metrics']['hit@1']:.4f}", line
+            # ... and the JSON's metrics are those of the per-user ranks kept in the unit's file.
+            full = json.loads((exp / "units" / f"{uid}.json").read_text())
+            assert len(full["users"]) == len(full["rank"]) == unit["metrics"]["users"]
+            assert ranking_metrics(np.array(full["rank"]))["hit@1"] == unit["metrics"]["hit@1"]
+            checked += 1
+    assert checked >= 40, checked
+
+
+def test_variants_share_cf_and_stage1(ran):
+    exp, _ = ran
+    target = lambda link: os.path.realpath(exp / link)  # noqa: E731
+    assert (exp / "main" / "cf").is_symlink()
+    assert target("main/cf") == target("paper/cf") == target("mlp-llm/cf") == target("ablation-no_matching/cf")
+    assert target("main/stage1") == target("paper/stage1")
+    assert target("ablation-no_matching/stage1") != target("main/stage1")
+    assert target("few-shot-8/cf") != target("main/cf")  # trained on the K users only
+    assert target("cf-gru4rec/cf") == target("agnostic-gru4rec/cf")
+    results = json.loads((exp / "results.json").read_text())
+    # The frozen-encoder ablation is the main run here (the base config freezes it already).
+    assert results["variants"]["ablation-frozen_encoder"]["alias_of"] == "main"
+    assert not (exp / "ablation-frozen_encoder").exists()
+    assert results["units"]["train/few-shot-8"]["restrict"] == "few_shot:8"
+
+
+def test_rerun_skips_finished_units(ran):
+    exp, path = ran
+    before = _records(exp)
+    _invoke(path, "--set", "baselines.morec=true", "--no-plots")
+    after = _records(exp)
+    assert {k: v["written"] for k, v in after.items()} == {k: v["written"] for k, v in before.items()}
+
+
+def test_a_changed_size_reruns_only_what_it_changes(ran):
+    exp, path = ran
+    before = _records(exp)
+    _invoke(path, "--set", "baselines.morec=true", "--set", "ablations.max_users=2", "--no-plots")
+    after = _records(exp)
+    changed = sorted(k for k in after if after[k]["written"] != before.get(k, {}).get("written"))
+    assert changed and all(k.startswith("eval/ablation_stage") for k in changed), changed
+    for k in changed:  # the smaller sample is a prefix of the larger one: nothing scored again
+        assert after[k]["scored_users"] == 0 and after[k]["metrics"]["users"] == 2
+
+
+def test_plan_lists_units_without_running(tiny_experiment, tmp_path):
+    _, path = tiny_experiment
+    out = _invoke(path, "--plan", "--out", tmp_path / "planned")
+    assert "unit=train/main" in out and "LLM user evaluations" in out
+    assert not (tmp_path / "planned" / "units").exists()
+
+
+def test_bad_config_exits_with_the_field(tiny_experiment, tmp_path):
+    _, path = tiny_experiment
+    result = runner.invoke(app, ["experiment", str(path), "--set", "ablations.stage2=[no_such]"])
+    assert result.exit_code == 2 and "ablations.stage2" in result.output and "no_such" in result.output
+
+
+def test_transplant_keeps_weights_and_swaps_the_item_table():
+    from allmrec.cf import build_backbone
+    from allmrec.experiment.work import Unavailable, transplant_cf
+    from allmrec.llm.testing import tiny_dataset
+
+    torch.manual_seed(0)
+    src = build_backbone("sasrec", n_items=50, n_users=5, dim=8, max_len=6)
+    target = tiny_dataset(n_users=4, n_items=30)
+    table = torch.randn(31, 8)
+    new = transplant_cf(src, target, table)
+    assert new.config.n_items == 30 and new.config.n_users == 4 and torch.equal(new.item_embeddings().detach(), table)
+    for name, value in src.state_dict().items():
+        if name != "item_emb.weight":
+            assert torch.equal(new.state_dict()[name], value), name
+    with pytest.raises(Unavailable, match="ncf"):
+        transplant_cf(build_backbone("ncf", n_items=50, n_users=5, dim=8), target, table)
