@@ -76,7 +76,7 @@ def test_end_to_end(run_setup):
         assert 0.0 <= overall["hit@1"] <= overall["hit@5"] <= 1.0
         if method != "cf":
             assert 0.0 <= overall["gen_hit@1"] <= 1.0
-    assert (run / "results" / "test.md").exists() and "cf / overall" in out
+    assert (run / "results" / "test.md").exists() and "SASRec / overall" in out and "A-LLMRec (paper: LM loss) / overall" in out
     out = _ok(runner.invoke(app, ["recommend", "--run", str(run), "--history", "I01,I02,I03", "--candidates", "I04,I10,I20", "--top", "3"]))
     assert out.count("\n") >= 3 and "I04" in out
 

@@ -389,7 +389,9 @@ class Pipeline:
             results["methods"][method] = entry
             log.info("%s: %s", method, {k: v for k, v in entry.get("overall", {}).items() if k in ("hit@1", "gen_hit@1")})
         out_dir = self.run_dir / "results"
-        rows = {f"{m} / {s}": results["methods"][m][s] for m in opts.methods for s in scenarios}
+        labels = {m: self.method_label(m) for m in opts.methods}
+        results["labels"] = labels
+        rows = {f"{labels[m]} / {s}": results["methods"][m][s] for m in opts.methods for s in scenarios}
         columns = ["hit@1", "hit@5", "hit@10", "ndcg@10", "mrr", "gen_hit@1", "gen_no_match", "users"]
         json_path, md_path = write_results(out_dir, opts.split, results, rows, columns,
                                            title=f"{ds.name}: {opts.split} users, 1 + {ds.test_candidates.shape[1] - 1} stored candidates")
@@ -397,6 +399,18 @@ class Pipeline:
             print(md_path.read_text())
             print(f"results: {json_path} and {md_path}")
         return results
+
+    def method_label(self, method: str) -> str:
+        """How tables name ``method``: A-LLMRec rows say which stage-2 mode made them."""
+        if method in ("allmrec", "allmrec-sbert"):
+            cfg = self.stage2_config()
+            mode = "best mode: listwise residual" if cfg.objective == "listwise" and cfg.residual else (
+                "listwise" if cfg.objective == "listwise" else "paper: LM loss")
+            return f"A-LLMRec{' (SBERT)' if method == 'allmrec-sbert' else ''} ({mode})"
+        if method == "cf":
+            name = self.cf_config().backbone
+            return {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "ncf": "NCF", "morec": "MoRec"}.get(name, name)
+        return {"llm-only": "LLM-Only"}.get(method, method)
 
     def score_method(self, method: str, ds, users: np.ndarray, opts: EvalOptions | None = None) -> dict[str, np.ndarray]:
         """Per-user columns of ``method`` on ``users`` (what ``allmrec evaluate`` reports)."""
@@ -478,7 +492,7 @@ class Pipeline:
         ranked = rec.recommend(hist, cands)[:top]
         if show:
             for pos, (item, score) in enumerate(ranked, 1):
-                print(f"{pos:2d}. {ds.item_ids[item]}  {ds.titles[item]}  (log-lik {score:.2f})")
+                print(f"{pos:2d}. {ds.item_ids[item]}  {ds.titles[item]}  (score {score:.2f})")
         return ranked
 
     # ---- demo -----------------------------------------------------------------------------------
@@ -503,6 +517,6 @@ class Pipeline:
             ov = entry["overall"]
             extra = f", generation exact match {ov['gen_hit@1']:.3f}" if "gen_hit@1" in ov else ""
             hit = f"Hit@1 {ov['hit@1']:.3f} [{ov['hit@1_ci95'][0]:.3f}, {ov['hit@1_ci95'][1]:.3f}]" if "hit@1" in ov else ""
-            console.print(f"{m:>14}: {hit}{extra}")
+            console.print(f"{out['labels'].get(m, m):>42}: {hit}{extra}")
         console.print(f"{int(out['users'])} test users, same candidates for every method. Step times (s): {timings}; total {total / 60:.1f} min")
         return out

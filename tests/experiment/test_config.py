@@ -31,7 +31,7 @@ def test_defaults_and_resolution(tmp_path, monkeypatch):
     cfg = load_experiment(_write(tmp_path, data))
     assert cfg.name == "exp" and cfg.out_dir == "runs"
     assert cfg.eval.mode == "rank" and cfg.eval.max_users == 100
-    assert cfg.allmrec.best == {"objective": "listwise", "residual": True, "train_target": "valid"}
+    assert cfg.allmrec.best == {"objective": "listwise", "residual": True, "train_target": "valid", "train_projectors": False}
     assert cfg.allmrec.paper["objective"] == "lm"
     # Relative data paths are taken from the current folder and stored absolute.
     assert cfg.base["data"]["path"] == str(tmp_path / "relative" / "raw")

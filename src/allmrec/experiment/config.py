@@ -74,8 +74,8 @@ class EvalSection:
 class AllmrecSection:
     """The two A-LLMRec stage-2 modes (``stage2`` overrides) and which one the other parts use."""
 
-    best: dict[str, Any] = field(default_factory=lambda: {"objective": "listwise", "residual": True, "train_target": "valid"})
-    paper: dict[str, Any] = field(default_factory=lambda: {"objective": "lm", "residual": False, "train_target": "train"})
+    best: dict[str, Any] = field(default_factory=lambda: {"objective": "listwise", "residual": True, "train_target": "valid", "train_projectors": False})
+    paper: dict[str, Any] = field(default_factory=lambda: {"objective": "lm", "residual": False, "train_target": "train", "train_projectors": True})
     paper_mode: bool = True  # also train and evaluate the paper's LM-loss mode
     variant_mode: str = "best"  # mode of MLP-LLM, ablations, model-agnostic, few-shot: best | paper
 
