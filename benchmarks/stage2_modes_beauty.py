@@ -152,14 +152,18 @@ def paired_bootstrap(a_hits: np.ndarray, b_hits: np.ndarray, n: int = 10000, see
     return [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))]
 
 
-def plot_curves(runs: list[Path], out: Path, baseline: float | None) -> None:
+def plot_curves(runs: list[str], out: Path, baseline: float | None = None) -> None:
+    """Validation Hit@1 and NDCG@10 against steps; ``runs`` are run folders, optionally
+    ``label=folder``. Step 0 of a residual run is the CF model itself (the head starts at zero)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for run in runs:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for spec in runs:
+        label, _, path = str(spec).rpartition("=")
+        run = Path(path)
         meta = run / "stage2" / "model.json"
         if meta.exists():
             state = read_json(meta).get("trainer_state", {})
@@ -167,14 +171,15 @@ def plot_curves(runs: list[Path], out: Path, baseline: float | None) -> None:
             latest = read_json(run / "stage2" / "latest.json")
             state = read_json(run / "stage2" / latest["path"] / "trainer_state.json")
         curve = state.get("curve") or []
-        if curve:
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", label=run.name)
-    if baseline is not None:
-        ax.axhline(baseline, color="grey", ls="--", label="SASRec (same users)")
-    ax.set_xlabel("stage-2 optimiser steps (batch 4)")
-    ax.set_ylabel("validation Hit@1 (held-out users)")
-    ax.set_title("Amazon Beauty: stage-2 learning curves")
-    ax.legend(fontsize=8)
+        for ax, col in zip(axes, (1, 2)):
+            if curve:
+                ax.plot([c[0] for c in curve], [c[col] for c in curve], marker="o", ms=3, label=label or run.name)
+                ax.axhline(curve[0][col], color="grey", ls="--", lw=1, label="step 0 = SASRec alone")
+    for ax, name in zip(axes, ("Hit@1", "NDCG@10")):
+        ax.set_xlabel("stage-2 steps (batch 4; 500 steps = 1 epoch of 2,000 users)")
+        ax.set_ylabel(f"validation {name} (200 held-out users)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Amazon Beauty: best-mode stage-2 learning curve")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
@@ -185,7 +190,7 @@ def main() -> None:
     ap.add_argument("--paper", default=None, help="run folder of the paper-faithful mode (LM stage 2)")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--paper-users", type=int, default=300)
-    ap.add_argument("--curves", nargs="*", default=[], help="run folders whose stage-2 learning curves to plot")
+    ap.add_argument("--curves", nargs="*", default=[], help="run folders (or label=folder) whose stage-2 learning curves to plot")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--states-only", action="store_true", help="only compute and save the best mode's LLM states of the test users")
     ap.add_argument("--paper-only", action="store_true", help="only score the paper-faithful subset (resumable cache)")
@@ -243,7 +248,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "stage2_modes_beauty.json", results)
     if args.curves:
-        plot_curves([Path(c) for c in args.curves], out / "stage2_curves_beauty.png", None)
+        plot_curves(args.curves, out / "stage2_curves_beauty.png")
     lines = [f"# Stage-2 modes on Amazon Beauty ({len(users)} seeded test users, 1 + 19 stored candidates)", "",
              f"Machine: {results['machine']}.", "", "| method | scenario | users | Hit@1 [95% CI] | NDCG@10 |", "|---|---|---|---|---|"]
     for name, per in results["methods"].items():
