@@ -31,9 +31,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,8 +48,9 @@ from allmrec.llm.loading import DTYPES, hidden_size, llm_identity
 from allmrec.llm.prompt import Prompt, PromptConfig, build_prompt, display_titles
 from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
+from allmrec.utils.checkpoints import check_resumable, clear_run, latest_checkpoint, save_step_checkpoint
 from allmrec.utils.fingerprint import state_fingerprint, strings_fingerprint
-from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json, optimizer_from_tensors, optimizer_to_tensors
+from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json, optimizer_from_tensors
 from allmrec.utils.seed import rng
 
 log = logging.getLogger(__name__)
@@ -467,57 +465,6 @@ def epoch_plan(dataset: SequenceDataset, users: np.ndarray, config: Stage2Config
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
-def _save_checkpoint(out_dir: Path, model: Stage2Model, opt: torch.optim.Optimizer, state: dict[str, Any], keep: int) -> Path:
-    ckpt_root = out_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{state['step']:08d}"
-    final = ckpt_root / name
-    if (final / "trainer_state.json").exists():  # this step is saved already (a finished run re-opened)
-        write_json(out_dir / "latest.json", {"step": state["step"], "path": f"checkpoints/{name}"})
-        return final
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
-    try:
-        save_tensors(tmp / "projectors.safetensors", model.state_dict(), metadata={"format": FORMAT, "step": str(state["step"])})
-        tensors, opt_meta = optimizer_to_tensors(opt)
-        save_tensors(tmp / "optimizer.safetensors", tensors)
-        write_json(tmp / "trainer_state.json", {**state, "optimizer": opt_meta})
-        if final.exists():  # a partial folder from a crash (no trainer_state.json): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    write_json(out_dir / "latest.json", {"step": state["step"], "path": f"checkpoints/{name}"})
-    kept = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
-    for old in kept[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    pointer = out_dir / "latest.json"
-    if not pointer.exists():
-        return None
-    info = read_json(pointer)
-    path = out_dir / str(info.get("path", ""))
-    if not (path / "trainer_state.json").exists():
-        raise ValueError(f"{pointer}: field 'path' points to {path}, which holds no checkpoint (deleted?)")
-    return path
-
-
-def _clear_run(out_dir: Path) -> None:
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    for name in ("latest.json", "model.json", "model.safetensors", "llm_states.safetensors"):
-        (out_dir / name).unlink(missing_ok=True)
-
-
-def _check_config(saved: dict[str, Any], config: Stage2Config, where: Path) -> None:
-    new = dataclasses.asdict(config)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {new.get(k)!r}" for k in sorted(new) if k not in RESUMABLE_FIELDS and saved.get(k) != new.get(k)]
-    if diffs:
-        raise ValueError(f"{where}: cannot resume, the stage-2 config differs ({'; '.join(diffs)}). Use another out_dir or resume=False.")
-
-
 # ---- training -------------------------------------------------------------------------------------
 def train_stage2(
     dataset: SequenceDataset,
@@ -585,12 +532,12 @@ def train_stage2(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if not resume:
-            _clear_run(out)
-        ckpt = _latest_checkpoint(out)
+            clear_run(out, ("model.json", "model.safetensors", "llm_states.safetensors"))
+        ckpt = latest_checkpoint(out)
         if ckpt is not None:
             saved = read_json(ckpt / "trainer_state.json")
             check_identities(saved.get("identity", {}), identities, ckpt)
-            _check_config(saved.get("stage2", {}), config, ckpt)
+            check_resumable(saved.get("stage2", {}), config, RESUMABLE_FIELDS, ckpt, "stage-2")
             model.load_state_dict(load_tensors(ckpt / "projectors.safetensors", device=device))
             opt.load_state_dict(optimizer_from_tensors(load_tensors(ckpt / "optimizer.safetensors", device=device), saved["optimizer"]))
             state = {k: saved[k] for k in ("format", "step", "epoch_loss", "loss_log", "seconds")}
@@ -631,7 +578,8 @@ def train_stage2(
 
     def save() -> None:
         if out is not None:
-            _save_checkpoint(out, model, opt, {**state, "identity": identities, "stage2": dataclasses.asdict(config)}, config.keep_checkpoints)
+            save_step_checkpoint(out, "projectors.safetensors", model.state_dict(), opt, {**state, "identity": identities, "stage2": dataclasses.asdict(config)},
+                                 config.keep_checkpoints, FORMAT)
 
     bar = tqdm(total=total, initial=state["step"], desc="stage 2", disable=not progress, dynamic_ncols=True)
     window: list[float] = []

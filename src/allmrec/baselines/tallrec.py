@@ -46,9 +46,6 @@ import copy
 import dataclasses
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -67,8 +64,9 @@ from allmrec.llm.loading import llm_identity
 from allmrec.llm.prompt import PromptConfig, build_prompt, display_titles
 from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
+from allmrec.utils.checkpoints import check_resumable, clear_run, latest_checkpoint, save_step_checkpoint
 from allmrec.utils.fingerprint import state_fingerprint
-from allmrec.utils.io import load_tensors, optimizer_from_tensors, optimizer_to_tensors, read_json, save_tensors, write_json
+from allmrec.utils.io import load_tensors, optimizer_from_tensors, read_json, save_tensors, write_json
 from allmrec.utils.seed import rng
 
 log = logging.getLogger(__name__)
@@ -279,57 +277,6 @@ def tallrec_prompt_config(model: nn.Module) -> PromptConfig:
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
-def _save_checkpoint(out_dir: Path, lora: dict[str, torch.Tensor], opt: torch.optim.Optimizer, state: dict[str, Any], keep: int) -> Path:
-    ckpt_root = out_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{state['step']:08d}"
-    final = ckpt_root / name
-    if (final / "trainer_state.json").exists():  # this step is saved already (a finished run re-opened)
-        write_json(out_dir / "latest.json", {"step": state["step"], "path": f"checkpoints/{name}"})
-        return final
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
-    try:
-        save_tensors(tmp / "lora.safetensors", lora, metadata={"format": FORMAT, "step": str(state["step"])})
-        tensors, opt_meta = optimizer_to_tensors(opt)
-        save_tensors(tmp / "optimizer.safetensors", tensors)
-        write_json(tmp / "trainer_state.json", {**state, "optimizer": opt_meta})
-        if final.exists():  # a partial folder from a crash (no trainer_state.json): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    write_json(out_dir / "latest.json", {"step": state["step"], "path": f"checkpoints/{name}"})
-    kept = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
-    for old in kept[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    pointer = out_dir / "latest.json"
-    if not pointer.exists():
-        return None
-    info = read_json(pointer)
-    path = out_dir / str(info.get("path", ""))
-    if not (path / "trainer_state.json").exists():
-        raise ValueError(f"{pointer}: field 'path' points to {path}, which holds no checkpoint (deleted?)")
-    return path
-
-
-def _clear_run(out_dir: Path) -> None:
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    for name in ("latest.json", "model.json", "model.safetensors", "config.json"):
-        (out_dir / name).unlink(missing_ok=True)
-
-
-def _check_config(saved: dict[str, Any], config: TallrecConfig, where: Path) -> None:
-    new = dataclasses.asdict(config)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {new.get(k)!r}" for k in sorted(new) if k not in RESUMABLE_FIELDS and saved.get(k) != new.get(k)]
-    if diffs:
-        raise ValueError(f"{where}: cannot resume, the TALLRec config differs ({'; '.join(diffs)}). Use another out_dir or resume=False.")
-
-
 def _check_identities(saved: dict[str, str], current: dict[str, str], where: Path | str) -> None:
     for key, label in (("llm", "LLM"), ("dataset", "dataset")):
         if key in saved and key in current and saved[key] != current[key]:
@@ -396,12 +343,12 @@ def train_tallrec(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if not resume:
-            _clear_run(out)
-        ckpt = _latest_checkpoint(out)
+            clear_run(out, ("model.json", "model.safetensors", "config.json"))
+        ckpt = latest_checkpoint(out)
         if ckpt is not None:
             saved = read_json(ckpt / "trainer_state.json")
             _check_identities(saved.get("identity", {}), identities, ckpt)
-            _check_config(saved.get("tallrec", {}), config, ckpt)
+            check_resumable(saved.get("tallrec", {}), config, RESUMABLE_FIELDS, ckpt, "TALLRec")
             _load_lora_state(peft_model, load_tensors(ckpt / "lora.safetensors", device=device), ckpt / "lora.safetensors")
             opt.load_state_dict(optimizer_from_tensors(load_tensors(ckpt / "optimizer.safetensors", device=device), saved["optimizer"]))
             state = {k: saved[k] for k in ("format", "step", "epoch_loss", "loss_log", "seconds")}
@@ -420,7 +367,8 @@ def train_tallrec(
 
     def save() -> None:
         if out is not None:
-            _save_checkpoint(out, _lora_state(peft_model), opt, {**state, "identity": identities, "tallrec": dataclasses.asdict(config)}, config.keep_checkpoints)
+            save_step_checkpoint(out, "lora.safetensors", _lora_state(peft_model), opt, {**state, "identity": identities, "tallrec": dataclasses.asdict(config)},
+                                 config.keep_checkpoints, FORMAT)
 
     bar = tqdm(total=total, initial=state["step"], desc="TALLRec", disable=not progress, dynamic_ncols=True)
     window: list[float] = []
