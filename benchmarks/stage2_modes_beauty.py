@@ -263,6 +263,8 @@ def main() -> None:
         for name, per in ps["methods"].items():
             for g, m in per.items():
                 lines.append(f"| {name} | {g} | {m['users']} | {m['hit@1']:.4f} [{m['hit@1_ci95'][0]:.3f}, {m['hit@1_ci95'][1]:.3f}] |")
+    if args.curves:
+        lines += ["", "Learning curve (validation users only): ![stage-2 learning curve](stage2_curves_beauty.png)"]
     (out / "stage2_modes_beauty.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(json.dumps(results["best_mode"], indent=1))
