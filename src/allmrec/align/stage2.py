@@ -48,7 +48,7 @@ from allmrec.llm.loading import DTYPES, hidden_size, llm_identity
 from allmrec.llm.prompt import Prompt, PromptConfig, build_prompt, display_titles
 from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
-from allmrec.utils.checkpoints import check_resumable, clear_run, latest_checkpoint, save_step_checkpoint
+from allmrec.utils.checkpoints import check_resumable, clear_run, latest_checkpoint, record_step, save_step_checkpoint
 from allmrec.utils.fingerprint import state_fingerprint, strings_fingerprint
 from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json, optimizer_from_tensors
 from allmrec.utils.seed import rng
@@ -352,44 +352,36 @@ def left_pad(histories: Sequence[Sequence[int]], width: int) -> torch.Tensor:
     return out
 
 
-@torch.no_grad()
+def _frozen_cf_batches(cf_model: CFBackbone, users: Sequence[int], histories: Sequence[Sequence[int]], batch_size: int, fn) -> list[torch.Tensor]:
+    """``fn(users, left-padded histories, row slice)`` per batch, in eval mode without gradients;
+    float32 CPU outputs. The CF model's training mode is restored afterwards."""
+    was_training = cf_model.training
+    cf_model.eval()
+    params = list(cf_model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    width = int(getattr(getattr(cf_model, "config", None), "max_len", 0) or max((len(h) for h in histories), default=1) or 1)
+    out = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(users), batch_size):
+                u = torch.as_tensor(np.asarray(users[s : s + batch_size]), dtype=torch.long, device=device)
+                h = left_pad(histories[s : s + batch_size], width).to(device)
+                out.append(fn(u, h, slice(s, s + batch_size)).float().cpu())
+    finally:
+        cf_model.train(was_training)
+    return out
+
+
 def user_representations(cf_model: CFBackbone, users: Sequence[int], histories: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
     """``x^u`` ``(len(users), d_cf)`` float32 on CPU from the frozen CF model (eval mode)."""
-    was_training = cf_model.training
-    cf_model.eval()
-    params = list(cf_model.parameters())
-    device = params[0].device if params else torch.device("cpu")
-    width = int(getattr(getattr(cf_model, "config", None), "max_len", 0) or max((len(h) for h in histories), default=1) or 1)
-    out = []
-    try:
-        for s in range(0, len(users), batch_size):
-            u = torch.as_tensor(np.asarray(users[s : s + batch_size]), dtype=torch.long, device=device)
-            h = left_pad(histories[s : s + batch_size], width).to(device)
-            out.append(cf_model.user_representation(u, h).float().cpu())
-    finally:
-        cf_model.train(was_training)
-    if not out:
-        return torch.zeros((0, cf_model.dim))
-    return torch.cat(out)
+    out = _frozen_cf_batches(cf_model, users, histories, batch_size, lambda u, h, rows: cf_model.user_representation(u, h))
+    return torch.cat(out) if out else torch.zeros((0, cf_model.dim))
 
 
-@torch.no_grad()
 def cf_candidate_scores(cf_model: CFBackbone, users: Sequence[int], histories: Sequence[Sequence[int]], candidates: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """The frozen CF model's scores ``(len(users), C)`` of ``candidates`` (float32, CPU)."""
-    was_training = cf_model.training
-    cf_model.eval()
-    params = list(cf_model.parameters())
-    device = params[0].device if params else torch.device("cpu")
-    width = int(getattr(getattr(cf_model, "config", None), "max_len", 0) or max((len(h) for h in histories), default=1) or 1)
     cands = torch.as_tensor(np.asarray(candidates, dtype=np.int64))
-    out = []
-    try:
-        for s in range(0, len(users), batch_size):
-            u = torch.as_tensor(np.asarray(users[s : s + batch_size]), dtype=torch.long, device=device)
-            h = left_pad(histories[s : s + batch_size], width).to(device)
-            out.append(cf_model.score(u, h, cands[s : s + batch_size].to(device)).float().cpu())
-    finally:
-        cf_model.train(was_training)
+    out = _frozen_cf_batches(cf_model, users, histories, batch_size, lambda u, h, rows: cf_model.score(u, h, cands[rows].to(u.device)))
     return torch.cat(out) if out else torch.zeros((0, cands.shape[1] if cands.dim() == 2 else 0))
 
 
@@ -589,6 +581,7 @@ def train_stage2(
     # extra epochs cost only the head.
     cached = listwise and not config.train_projectors
     fixed_cands = epoch_plan(dataset, users, config, 0)[1] if cached else None
+    fixed_cf = cf_candidate_scores(cf_model, users, histories, fixed_cands, config.cf_batch_size) if cached and config.residual else None
     state_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     states_file = out / "llm_states.safetensors" if (cached and out is not None) else None
     states_key = strings_fingerprint([repr(sorted(identities.items())), repr({k: v for k, v in sorted(dataclasses.asdict(config).items()) if k not in RESUMABLE_FIELDS})])
@@ -664,7 +657,12 @@ def train_stage2(
             rows = order[i * config.batch_size : (i + 1) * config.batch_size]
             prompts = [build_prompt(histories[r], cands[r], titles, dataset.wording, prompt_cfg, int(targets[r])) for r in rows]
             if listwise:
-                cf = cf_candidate_scores(cf_model, users[rows], [histories[r] for r in rows], cands[rows]) if config.residual else None
+                if not config.residual:
+                    cf = None
+                elif cached:
+                    cf = fixed_cf[rows]
+                else:
+                    cf = cf_candidate_scores(cf_model, users[rows], [histories[r] for r in rows], cands[rows])
                 if cached:
                     h_cand, h_last = cached_states(rows, prompts)
                 else:
@@ -681,14 +679,7 @@ def train_stage2(
             loss.backward()
             opt.step()
             value = float(loss.detach())
-            state["step"] += 1
-            window.append(value)
-            ep = state["epoch_loss"].setdefault(str(epoch), [0.0, 0])
-            ep[0] += value
-            ep[1] += 1
-            if len(window) >= config.log_every or state["step"] == total:
-                state["loss_log"].append([state["step"], float(np.mean(window))])
-                window = []
+            record_step(state, window, epoch, value, config.log_every, total)
             state["seconds"] = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")

@@ -64,7 +64,7 @@ from allmrec.llm.loading import llm_identity
 from allmrec.llm.prompt import PromptConfig, build_prompt, display_titles
 from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
-from allmrec.utils.checkpoints import check_resumable, clear_run, latest_checkpoint, save_step_checkpoint
+from allmrec.utils.checkpoints import check_resumable, clear_run, latest_checkpoint, record_step, save_step_checkpoint
 from allmrec.utils.fingerprint import state_fingerprint
 from allmrec.utils.io import load_tensors, optimizer_from_tensors, read_json, save_tensors, write_json
 from allmrec.utils.seed import rng
@@ -392,14 +392,7 @@ def train_tallrec(
                     loss.backward()
                 opt.step()
                 value = float(loss.detach())
-                state["step"] += 1
-                window.append(value)
-                ep = state["epoch_loss"].setdefault(str(epoch), [0.0, 0])
-                ep[0] += value
-                ep[1] += 1
-                if len(window) >= config.log_every or state["step"] == total:
-                    state["loss_log"].append([state["step"], float(np.mean(window))])
-                    window = []
+                record_step(state, window, epoch, value, config.log_every, total)
                 state["seconds"] = time.perf_counter() - started
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")

@@ -239,7 +239,6 @@ def _train_cf(
     progress: bool = True,
     item_features: torch.Tensor | None = None,
 ) -> tuple[CFBackbone, list[dict[str, Any]]]:
-    
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)

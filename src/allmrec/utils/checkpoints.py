@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from allmrec.utils.io import optimizer_to_tensors, read_json, save_tensors, write_json
@@ -52,6 +53,20 @@ def save_step_checkpoint(out_dir: Path, weights_name: str, weights: dict[str, to
     for old in kept[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def record_step(state: dict[str, Any], window: list[float], epoch: int, loss: float, log_every: int, total: int) -> None:
+    """Count one optimiser step in a trainer state: ``step``, the per-epoch loss sums
+    (``epoch_loss[epoch] = [sum, n]``) and the loss log (mean over each ``log_every`` steps and
+    at the last step); ``window`` holds the losses not yet logged."""
+    state["step"] += 1
+    window.append(loss)
+    ep = state["epoch_loss"].setdefault(str(epoch), [0.0, 0])
+    ep[0] += loss
+    ep[1] += 1
+    if len(window) >= log_every or state["step"] == total:
+        state["loss_log"].append([state["step"], float(np.mean(window))])
+        window.clear()
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
