@@ -173,10 +173,11 @@ def experiment(
     report_only: bool = typer.Option(False, "--report-only", help="Only rebuild report.md and the plots from the folder's results.json."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
     plan: bool = typer.Option(False, "--plan", help="Only list the units (training steps, users to score) without running anything."),
+    publish_to: Optional[Path] = typer.Option(None, "--publish", help="Then copy report.md, results.json, plots/ and units/ into this folder (e.g. benchmarks/results/experiments/<name>)."),
 ) -> None:
     """The paper's evaluation suite (baselines, scenarios, ablations, efficiency, genres) for one dataset:
     every variant trained and evaluated, finished units reused; writes results.json, report.md and plots/."""
-    from allmrec.experiment import ExperimentConfigError, load_experiment, rebuild_report, run_experiment
+    from allmrec.experiment import ExperimentConfigError, load_experiment, publish, rebuild_report, run_experiment
 
     try:
         cfg = load_experiment(config, set_ or [])
@@ -198,6 +199,8 @@ def experiment(
     else:
         _guard(lambda: run_experiment(cfg, root, plots=not no_plots, console=console))
     console.print(f"report: {root / 'report.md'}; results: {root / 'results.json'}")
+    if publish_to:
+        console.print(f"published: {_guard(lambda: publish(root, publish_to))}")
 
 
 if __name__ == "__main__":  # pragma: no cover

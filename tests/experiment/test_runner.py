@@ -4,6 +4,7 @@ size redoes only the units it affects (reusing users already scored)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -105,9 +106,13 @@ def test_variants_share_cf_and_stage1(ran):
 def test_rerun_skips_finished_units(ran):
     exp, path = ran
     before = _records(exp)
+    runs_before = json.loads((exp / "results.json").read_text())["invocations"]
     _invoke(path, "--set", "baselines.morec=true", "--no-plots")
     after = _records(exp)
     assert {k: v["written"] for k, v in after.items()} == {k: v["written"] for k, v in before.items()}
+    runs_after = json.loads((exp / "results.json").read_text())["invocations"]
+    assert runs_after[:-1] == runs_before and len(runs_after) == len(runs_before) + 1  # each invocation's wall time is kept
+    assert f"over {len(runs_after)} invocation(s)" in (exp / "report.md").read_text()
 
 
 def test_a_changed_size_reruns_only_what_it_changes(ran):
@@ -119,6 +124,49 @@ def test_a_changed_size_reruns_only_what_it_changes(ran):
     assert changed and all(k.startswith("eval/ablation_stage") for k in changed), changed
     for k in changed:  # the smaller sample is a prefix of the larger one: nothing scored again
         assert after[k]["scored_users"] == 0 and after[k]["metrics"]["users"] == 2
+
+
+def test_sbert_rows_share_allmrec_scores_unless_an_untrained_item_is_shown(ran, monkeypatch):
+    """A-LLMRec (SBERT) only changes the rows of items without training interactions: users
+    whose prompt shows none get A-LLMRec's scores, the others are scored with the SBERT table."""
+    import allmrec.align as align
+    from allmrec.experiment import ExperimentRunner, load_experiment
+
+    exp, path = ran
+    run = ExperimentRunner(load_experiment(path, ["baselines.morec=true"]))
+    spec = next(s for s in run.eval_specs() if s.uid == "eval/warm_items/main/allmrec-sbert")
+    pipe = run.pipeline("main")
+    ds, users = pipe.prepare(), run.sample_users(run.base_dataset(), "warm_items", 4)
+    assert not align.untrained_item_mask(ds).any()  # every item of the tiny data is trained on
+    shown_item = int(ds.candidates("test")[users[0]][-1])  # a candidate of the first user only (if possible)
+    marked = align.untrained_item_mask(ds)
+    marked[shown_item] = True
+    monkeypatch.setattr(align, "untrained_item_mask", lambda _ds: marked.copy())
+    shows = np.array([bool(marked[ds.candidates("test")[u]].any() or marked[ds.history(int(u), "test")[-3:]].any()) for u in users])
+    assert shows[0] and not shows.all()
+
+    calls = []
+    score = pipe.score_method
+    monkeypatch.setattr(pipe, "score_method", lambda method, d, us, opts: calls.append((method, list(us))) or score(method, d, us, opts))
+    got = run._score_sbert(spec, users)
+    opts = dataclasses.replace(pipe.eval_options(), split="test", mode="rank", seed=run.cfg.eval.seed)
+    assert ("allmrec-sbert", [int(u) for u in users[shows]]) in calls  # the SBERT table only for those users
+    plain = score("allmrec", ds, users, opts)["rank"]
+    assert np.array_equal(got["rank"][~shows], plain[~shows])
+    assert np.array_equal(got["rank"][shows], score("allmrec-sbert", ds, users[shows], opts)["rank"])
+
+
+def test_publish_copies_the_report_with_its_evidence(ran, tmp_path):
+    import re
+
+    exp, path = ran
+    dest = tmp_path / "published" / "tiny"
+    _invoke(path, "--set", "baselines.morec=true", "--report-only", "--no-plots", "--publish", dest)
+    md = (dest / "report.md").read_text()
+    assert md == (exp / "report.md").read_text()
+    cited = set(re.findall(r"`((?:eval|train|genres)/[^`]+|efficiency)`", md))
+    assert len(cited) > 40 and all((dest / "units" / f"{uid}.json").is_file() for uid in cited)
+    assert (dest / "plots" / "overall.png").is_file() and not any(dest.rglob("*.safetensors"))
 
 
 def test_plan_lists_units_without_running(tiny_experiment, tmp_path):

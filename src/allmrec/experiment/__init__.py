@@ -37,4 +37,31 @@ def rebuild_report(root: str | Path, plots: bool = True) -> dict[str, Any]:
     return results
 
 
-__all__ = ["ExperimentConfig", "ExperimentConfigError", "ExperimentRunner", "load_experiment", "parse_experiment", "rebuild_report", "run_experiment"]
+PUBLISHED = ("report.md", "results.json", "plots", "units")
+
+
+def publish(root: str | Path, dest: str | Path) -> Path:
+    """Copy an experiment's report with its evidence (``results.json``, ``plots/`` and the unit
+    records with their per-user ranks, which the report cites) into ``dest``, e.g. a folder under
+    version control. Model files stay behind; ``dest`` is replaced as a whole."""
+    import shutil
+
+    root, dest = Path(root), Path(dest)
+    missing = [name for name in ("report.md", "results.json", "units") if not (root / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{root}: no {', '.join(missing)}; run the experiment first")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in PUBLISHED:
+        if (root / name).is_dir():
+            shutil.copytree(root / name, tmp / name)
+        elif (root / name).exists():
+            shutil.copy2(root / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+__all__ = ["ExperimentConfig", "ExperimentConfigError", "ExperimentRunner", "load_experiment", "parse_experiment", "publish", "rebuild_report",
+           "run_experiment"]

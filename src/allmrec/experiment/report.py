@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from allmrec.experiment.store import invocations
 from allmrec.utils.io import atomic_path
 
 # Row order of the paper's tables (then the order of the plan).
@@ -149,8 +150,15 @@ class _Report:
             self.p("- No paper column (`paper_dataset: none` or a dataset the paper does not cover).")
         self.p(f"- Variants of MLP-LLM, ablations, model-agnostic and few-shot runs use the {res.get('variant_mode', 'best')} mode.")
         self.p(f"- {MODE_NOTE}")
+        self.p("- A-LLMRec (SBERT) feeds q_i instead of the joint embedding for items without training interactions; a user whose "
+               "prompt shows no such item gets exactly A-LLMRec's scores (shared, not recomputed), so on data where every item "
+               "has training interactions (5-core Beauty, ML-100K) the two rows are equal.")
         self.p(f"- {LEFT_OUT}")
-        self.p(f"- Recorded unit time: {float(res.get('units_seconds', 0.0)) / 60:.1f} min (this invocation: {float(res.get('this_run_seconds', 0.0)) / 60:.1f} min).")
+        runs = invocations(res)
+        total = sum(float(r.get("seconds", 0.0)) for r in runs)
+        self.p(f"- Wall time: {total / 60:.1f} min over {len(runs)} invocation(s) of `allmrec experiment` on this folder "
+               f"(last: {float(res.get('this_run_seconds', 0.0)) / 60:.1f} min); the unit records sum to "
+               f"{float(res.get('units_seconds', 0.0)) / 60:.1f} min (a unit redone at a larger size records only its last run).")
         self.p()
 
     def metric_cells(self, m: dict[str, Any], gen: bool) -> list[str]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from allmrec.config import from_dict
 from allmrec.experiment.config import BACKBONES, NEAREST_ONLY, STAGE1_ABLATIONS, STAGE2_ABLATIONS, ExperimentConfig, merge_config
-from allmrec.experiment.store import UnitStore, file_hash, stable_hash
+from allmrec.experiment.store import UnitStore, file_hash, invocations, stable_hash
 from allmrec.experiment.work import (
     Unavailable,
     columns_from_llm_rows,
@@ -555,10 +555,45 @@ class ExperimentRunner:
     def _score(self, s: EvalSpec, users: np.ndarray) -> dict[str, np.ndarray]:
         if s.method == "tallrec":
             return self._score_tallrec(s.variant, self.base_dataset(), users)
+        if s.method == "allmrec-sbert":
+            return self._score_sbert(s, users)
         pipe = self.pipeline(s.variant)
         opts = dataclasses.replace(pipe.eval_options(), split=self.cfg.eval.split, mode=self._mode(s), seed=self.cfg.eval.seed)
         # The per-user columns `allmrec evaluate` reports (same code path).
         return pipe.score_method(s.method, pipe.prepare(), users, opts)
+
+    def _score_sbert(self, s: EvalSpec, users: np.ndarray) -> dict[str, np.ndarray]:
+        """A-LLMRec (SBERT) differs from A-LLMRec only in the rows of items without training
+        interactions (q_i instead of e_i). A user whose prompt shows none of them gets exactly
+        A-LLMRec's scores, so those users share A-LLMRec's rows (scored once); only the others
+        run with the SBERT table. On 5-core data no item lacks training interactions."""
+        from allmrec.align import untrained_item_mask
+
+        pipe = self.pipeline(s.variant)
+        ds, split = pipe.prepare(), self.cfg.eval.split
+        untrained = untrained_item_mask(ds)
+        shown = pipe.stage2_config().history_len
+        cands = ds.candidates(split)
+        own = np.array([bool(untrained[cands[u]].any() or untrained[ds.history(int(u), split)[-shown:]].any()) for u in users], dtype=bool)
+        opts = dataclasses.replace(pipe.eval_options(), split=split, mode=self._mode(s), seed=self.cfg.eval.seed)
+        plain = dataclasses.replace(s, method="allmrec")
+        shared = self.store.rows(self._score_key(plain))
+        todo = np.array([u for u in users[~own] if int(u) not in shared], dtype=np.int64)
+        if len(todo):
+            cols = pipe.score_method("allmrec", ds, todo, opts)
+            for i, u in enumerate(todo):
+                shared[int(u)] = {c: _py(cols[c][i]) for c in cols}
+        sbert = pipe.score_method("allmrec-sbert", ds, users[own], opts) if own.any() else {}
+        names = sorted(set(sbert) | {c for u in users[~own] for c in shared[int(u)]})
+        out = {c: np.empty(len(users), dtype=object) for c in names}
+        j = 0
+        for i, u in enumerate(users):
+            for c in names:
+                out[c][i] = sbert[c][j] if own[i] else shared[int(u)][c]
+            j += int(own[i])
+        log.info("%s: %d of %d users see an item without training interactions (scored with q_i); the others share A-LLMRec's rows",
+                 s.uid, int(own.sum()), len(users))
+        return {c: np.array(list(v)) for c, v in out.items()}
 
     def _score_tallrec(self, name: str, ds, users: np.ndarray) -> dict[str, np.ndarray]:
         from allmrec.recommend import InferenceConfig, evaluate_llm
@@ -857,12 +892,21 @@ class ExperimentRunner:
             "started": started,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "this_run_seconds": round(elapsed, 1),
+            "invocations": self._invocations(started, elapsed),
             "units_seconds": round(sum(float(u.get("seconds", 0.0)) for u in units.values() if u.get("status") == "done"), 1),
             "plan": plan,
             "config": self.cfg.to_dict(),
             "variants": variants,
             "units": units,
         }
+
+    def _invocations(self, started: str, elapsed: float) -> list[dict[str, Any]]:
+        """Wall time of every invocation that worked on this folder (a resumed experiment's total
+        cost is their sum; the unit records only keep the time of their last, possibly partial, run)."""
+        path = self.root / "results.json"
+        past = invocations(read_json(path)) if path.exists() else []
+        past = [r for r in past if r.get("started") != started]
+        return past + ([{"started": started, "seconds": round(elapsed, 1)}] if started else [])
 
     def write_results(self, started: str = "", elapsed: float = 0.0, plots: bool = True) -> dict[str, Any]:
         from allmrec.experiment.report import write_report

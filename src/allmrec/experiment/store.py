@@ -42,6 +42,15 @@ def file_hash(path: str | Path) -> str | None:
     return h.hexdigest()[:16]
 
 
+def invocations(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{started, seconds}]`` of the invocations recorded in a ``results.json`` (files written
+    before the list existed hold only their last invocation: ``started`` / ``this_run_seconds``)."""
+    runs = results.get("invocations")
+    if runs is None and results.get("started"):
+        runs = [{"started": results["started"], "seconds": results.get("this_run_seconds", 0.0)}]
+    return [r for r in runs or [] if isinstance(r, dict)]
+
+
 class UnitStore:
     """The records of one experiment folder (``<root>/units``)."""
 
