@@ -402,14 +402,15 @@ class Pipeline:
 
     def method_label(self, method: str) -> str:
         """How tables name ``method``: A-LLMRec rows say which stage-2 mode made them."""
+        from allmrec.eval.report import BACKBONE_LABELS, allmrec_label
+
         if method in ("allmrec", "allmrec-sbert"):
             cfg = self.stage2_config()
-            mode = "best mode: listwise residual" if cfg.objective == "listwise" and cfg.residual else (
-                "listwise" if cfg.objective == "listwise" else "paper: LM loss")
-            return f"A-LLMRec{' (SBERT)' if method == 'allmrec-sbert' else ''} ({mode})"
+            mode = "best" if cfg.objective == "listwise" and cfg.residual else ("listwise" if cfg.objective == "listwise" else "paper")
+            return allmrec_label(mode, sbert=method == "allmrec-sbert")
         if method == "cf":
             name = self.cf_config().backbone
-            return {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "ncf": "NCF", "morec": "MoRec"}.get(name, name)
+            return BACKBONE_LABELS.get(name, name)
         return {"llm-only": "LLM-Only"}.get(method, method)
 
     def score_method(self, method: str, ds, users: np.ndarray, opts: EvalOptions | None = None) -> dict[str, np.ndarray]:

@@ -44,6 +44,7 @@ from allmrec.experiment.work import (
     time_stage2_training,
     transplant_cf,
 )
+from allmrec.eval.report import BACKBONE_LABELS, MODE_LABELS, allmrec_label
 from allmrec.pipeline import Pipeline
 from allmrec.utils.io import read_json, write_json
 from allmrec.utils.seed import rng
@@ -51,8 +52,6 @@ from allmrec.utils.seed import rng
 log = logging.getLogger(__name__)
 
 FORMAT = "allmrec-experiment/1"
-BACKBONE_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "ncf": "NCF", "morec": "MoRec"}
-MODE_LABELS = {"best": "best mode: listwise residual", "paper": "paper: LM loss"}
 ABLATION_LABELS = {
     "no_matching": "w/o L_matching",
     "no_recon": "w/o L_item-recon & L_text-recon",
@@ -149,6 +148,7 @@ class ExperimentRunner:
         self._needs: dict[str, set[str]] = {}
         self._samples: dict[tuple[int, str, int | None], np.ndarray] = {}
         self._plan: list[str] = []
+        self._past_runs: list[dict[str, Any]] = []  # earlier invocations on this folder (read by run())
         self._define_variants()
 
     # ---- variants ------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class ExperimentRunner:
         return self.cfg.allmrec.variant_mode
 
     def mode_label(self, mode: str, sbert: bool = False) -> str:
-        return f"A-LLMRec{' (SBERT)' if sbert else ''} ({MODE_LABELS[mode]})"
+        return allmrec_label(mode, sbert)
 
     def _define_variants(self) -> None:
         c, ov = self.cfg, self.cfg.overrides
@@ -535,13 +535,8 @@ class ExperimentRunner:
     def _evaluate(self, s: EvalSpec, users: np.ndarray, score_key: str, score: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, Any]:
         """Score the users not yet scored by the same model (see :class:`UnitStore`), then the
         metrics of the whole sample from the per-user rows."""
-        rows = self.store.rows(score_key)
-        missing = np.array([u for u in users if int(u) not in rows], dtype=np.int64)
         t0 = time.perf_counter()
-        if len(missing):
-            cols = score(missing)
-            for i, u in enumerate(missing):
-                rows[int(u)] = {c: _py(cols[c][i]) for c in cols}
+        rows, missing = self._scored_rows(score_key, users, score)
         seconds = time.perf_counter() - t0
         names = sorted({c for u in users for c in rows[int(u)]})
         columns = {c: np.array([rows[int(u)][c] for u in users]) for c in names}
@@ -551,6 +546,17 @@ class ExperimentRunner:
                                "users": [int(u) for u in users]}
         out.update({c: [_py(x) for x in columns[c]] for c in names})
         return out
+
+    def _scored_rows(self, score_key: str, users: np.ndarray, score: Callable[[np.ndarray], dict[str, np.ndarray]]):
+        """The store's per-user rows under ``score_key``, after scoring the ``users`` not there yet
+        (see :class:`UnitStore`); returns them and the users scored now."""
+        rows = self.store.rows(score_key)
+        missing = np.array([u for u in users if int(u) not in rows], dtype=np.int64)
+        if len(missing):
+            cols = score(missing)
+            for i, u in enumerate(missing):
+                rows[int(u)] = {c: _py(cols[c][i]) for c in cols}
+        return rows, missing
 
     def _score(self, s: EvalSpec, users: np.ndarray) -> dict[str, np.ndarray]:
         if s.method == "tallrec":
@@ -576,24 +582,16 @@ class ExperimentRunner:
         cands = ds.candidates(split)
         own = np.array([bool(untrained[cands[u]].any() or untrained[ds.history(int(u), split)[-shown:]].any()) for u in users], dtype=bool)
         opts = dataclasses.replace(pipe.eval_options(), split=split, mode=self._mode(s), seed=self.cfg.eval.seed)
-        plain = dataclasses.replace(s, method="allmrec")
-        shared = self.store.rows(self._score_key(plain))
-        todo = np.array([u for u in users[~own] if int(u) not in shared], dtype=np.int64)
-        if len(todo):
-            cols = pipe.score_method("allmrec", ds, todo, opts)
-            for i, u in enumerate(todo):
-                shared[int(u)] = {c: _py(cols[c][i]) for c in cols}
-        sbert = pipe.score_method("allmrec-sbert", ds, users[own], opts) if own.any() else {}
-        names = sorted(set(sbert) | {c for u in users[~own] for c in shared[int(u)]})
-        out = {c: np.empty(len(users), dtype=object) for c in names}
-        j = 0
-        for i, u in enumerate(users):
-            for c in names:
-                out[c][i] = sbert[c][j] if own[i] else shared[int(u)][c]
-            j += int(own[i])
+        plain = self._score_key(dataclasses.replace(s, method="allmrec"))
+        shared, _ = self._scored_rows(plain, users[~own], lambda todo: pipe.score_method("allmrec", ds, todo, opts))
+        rows = {int(u): shared[int(u)] for u in users[~own]}
+        if own.any():
+            sbert = pipe.score_method("allmrec-sbert", ds, users[own], opts)
+            rows.update({int(u): {c: _py(sbert[c][i]) for c in sbert} for i, u in enumerate(users[own])})
         log.info("%s: %d of %d users see an item without training interactions (scored with q_i); the others share A-LLMRec's rows",
                  s.uid, int(own.sum()), len(users))
-        return {c: np.array(list(v)) for c, v in out.items()}
+        names = sorted({c for row in rows.values() for c in row})
+        return {c: np.array([rows[int(u)][c] for u in users]) for c in names}
 
     def _score_tallrec(self, name: str, ds, users: np.ndarray) -> dict[str, np.ndarray]:
         from allmrec.recommend import InferenceConfig, evaluate_llm
@@ -831,6 +829,8 @@ class ExperimentRunner:
         write_json(self.root / "experiment.json", self.cfg.to_dict())
         steps = self.steps()
         self._plan = [s.uid for s in steps]
+        previous = self.root / "results.json"
+        self._past_runs = invocations(read_json(previous)) if previous.exists() else []
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
         t0 = time.perf_counter()
         for i, step in enumerate(steps, 1):
@@ -892,21 +892,14 @@ class ExperimentRunner:
             "started": started,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "this_run_seconds": round(elapsed, 1),
-            "invocations": self._invocations(started, elapsed),
+            # a resumed experiment's cost is the sum (unit records keep only their last run's time)
+            "invocations": self._past_runs + ([{"started": started, "seconds": round(elapsed, 1)}] if started else []),
             "units_seconds": round(sum(float(u.get("seconds", 0.0)) for u in units.values() if u.get("status") == "done"), 1),
             "plan": plan,
             "config": self.cfg.to_dict(),
             "variants": variants,
             "units": units,
         }
-
-    def _invocations(self, started: str, elapsed: float) -> list[dict[str, Any]]:
-        """Wall time of every invocation that worked on this folder (a resumed experiment's total
-        cost is their sum; the unit records only keep the time of their last, possibly partial, run)."""
-        path = self.root / "results.json"
-        past = invocations(read_json(path)) if path.exists() else []
-        past = [r for r in past if r.get("started") != started]
-        return past + ([{"started": started, "seconds": round(elapsed, 1)}] if started else [])
 
     def write_results(self, started: str = "", elapsed: float = 0.0, plots: bool = True) -> dict[str, Any]:
         from allmrec.experiment.report import write_report
