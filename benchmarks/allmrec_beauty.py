@@ -15,7 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
-from allmrec.pipeline import Pipeline
+from allmrec.pipeline import steps
+from allmrec.pipeline.config import RunConfig
+from allmrec.pipeline.resources import Resources, RunFolder
+from allmrec.training import DONE
 from allmrec.utils.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,21 +33,21 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="section.key=value overrides")
     args = ap.parse_args()
 
-    pipe = Pipeline.from_sources(run=Path(args.run), config_file=Path(args.config), sets=args.set,
-                                 flags={"data.path": str(Path(args.data).resolve())})
-    if args.cf_from and not (pipe.cf_dir / "model.safetensors").exists():
-        pipe.cf_dir.mkdir(parents=True, exist_ok=True)
+    config, run_dir = RunConfig.layered(Path(args.run), Path(args.config), {"data.path": str(Path(args.data).resolve())}, args.set)
+    res = Resources(config, RunFolder(run_dir))
+    if args.cf_from and not (res.folder.cf / "model.safetensors").exists():
+        res.folder.cf.mkdir(parents=True, exist_ok=True)
         for name in ("model.safetensors", "model.json"):
-            shutil.copy2(Path(args.cf_from) / name, pipe.cf_dir / name)
-        write_json(pipe.cf_dir / "done.json", {"copied_from": str(Path(args.cf_from).resolve())})
+            shutil.copy2(Path(args.cf_from) / name, res.folder.cf / name)
+        write_json(res.folder.cf / DONE, {"copied_from": str(Path(args.cf_from).resolve())})
     timings = {}
-    for name, step in (("cf", pipe.train_cf), ("stage1", pipe.align), ("stage2", pipe.train_stage2), ("evaluate", pipe.evaluate)):
+    for name, step in (("cf", steps.train_cf), ("stage1", steps.align), ("stage2", steps.train_stage2), ("evaluate", steps.evaluate)):
         t0 = time.perf_counter()
-        out = step(show=True)
+        step(res)
         timings[name] = round(time.perf_counter() - t0, 1)
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = pipe.run_dir / "results"
+    results = res.folder.results
     shutil.copy2(results / "test.json", out_dir / "allmrec_beauty.json")
     md = (results / "test.md").read_text()
     md += f"\nStep wall times (s): {timings}. Config: `{Path(args.config).name}` plus overrides {args.set or 'none'}.\n"

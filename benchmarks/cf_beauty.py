@@ -14,6 +14,8 @@ NDCG@10 0.551 (80 epochs).
 from __future__ import annotations
 
 import argparse
+
+import numpy as np
 import json
 import logging
 import os
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 from allmrec.cf import TrainCFConfig, evaluate_cf, train_cf
-from allmrec.cf.evaluate import default_users
+from allmrec.eval.users import evaluable
 from allmrec.data import load_preset, prepare
 from allmrec.utils.io import atomic_path, read_json, write_json
 
@@ -77,7 +79,7 @@ def run_one(ds, name: str, args: argparse.Namespace, out: Path) -> dict:
     train_s = sum(h["train_seconds"] for h in history)
     eval_s = sum(h.get("eval_seconds", 0.0) for h in history)
     seqs_per_s = [h["sequences_per_s"] for h in history]
-    users = default_users(ds, "test")
+    users = evaluable(ds, np.arange(ds.n_users))
     t1 = time.perf_counter()
     test = evaluate_cf(model, ds, "test", users)
     test_s = time.perf_counter() - t1

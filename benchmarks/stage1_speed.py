@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from allmrec.align import Stage1Config, train_stage1
-from allmrec.align.stage1 import _build_examples
-from allmrec.cf.trainer import load_cf
+from allmrec.align.stage1.training import _build_examples
+from allmrec.cf import load_cf
 from allmrec.data import load_preset, prepare
 from allmrec.text import load_text_encoder
 
@@ -60,14 +60,14 @@ def main() -> None:
             res = train_stage1(sub, cf, copy.deepcopy(base), cfg, tmp, resume=False, progress=False)
             total = time.perf_counter() - t0
         h = res.history[0]
-        per_example = h["seconds"] / h["examples"]
+        per_example = h["train_seconds"] / h["examples"]
         print(json.dumps({
             "mode": mode, "device": args.device, "threads": args.threads, "positions": args.positions,
-            "timed_examples": h["examples"], "batches": h["batches"], "epoch_loop_s": h["seconds"],
-            "s_per_batch": round(h["seconds"] / h["batches"], 4), "cpu_s_per_batch": round(h["cpu_seconds"] / h["batches"], 4),
+            "timed_examples": h["examples"], "batches": h["batches"], "epoch_loop_s": h["train_seconds"],
+            "s_per_batch": round(h["train_seconds"] / h["batches"], 4), "cpu_s_per_batch": round(h["cpu_seconds"] / h["batches"], 4),
             "full_epoch_examples": full_examples, "est_full_epoch_min": round(per_example * full_examples / 60, 2),
             "est_full_epoch_min_idle": round(h["cpu_seconds"] / h["examples"] / args.threads * full_examples / 60, 2),
-            "setup_and_checkpoint_s": round(total - h["seconds"], 2),
+            "setup_and_checkpoint_s": round(total - h["train_seconds"], 2),
             "losses": {k: round(h[k], 5) for k in ("loss", "matching", "item_recon", "text_recon", "rec")},
             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("batch_size", "max_text_len", "lr")},
         }), flush=True)

@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 
-from allmrec.llm.testing import shared_test_llm
+from helpers import shared_test_llm
 
 
 @pytest.fixture(scope="session")
 def smollm(tmp_path_factory):
-    """(model, tokenizer) of the bundled SmolLM2 in bfloat16 on CPU, loaded once per session."""
+    """(model, tokenizer) of the bundled SmolLM2 on CPU (dtype "auto"), loaded once per session."""
     return shared_test_llm(str(tmp_path_factory.getbasetemp() / "allmrec_home"))
 
 

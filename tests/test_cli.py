@@ -42,7 +42,7 @@ def run_setup(tmp_path_factory):
         "cf": {"epochs": 3, "patience": 0, "backbone_options": {"dim": 16, "max_len": 10}},
         "stage1": {"epochs": 1, "freeze_text_encoder": True, "batch_size": 16},
         "llm": {"device": "cpu"},
-        "stage2": {"max_steps": 2, "batch_size": 2, "n_candidates": 6, "history_len": 3, "max_title_tokens": 4},
+        "stage2": {"mode": "paper", "model": {"history_len": 3, "max_title_tokens": 4}, "train": {"max_steps": 2, "batch_size": 2, "n_candidates": 6}},
         "eval": {"methods": ["cf", "llm-only", "allmrec"], "max_users": 4, "mode": "both"},
     }
     path = root / "config.yaml"

@@ -1,12 +1,22 @@
-"""Layered configuration: dataclass defaults < YAML/JSON file < command line.
+"""Configuration: typed dataclasses, built from layers of plain mappings.
 
-Every command's options are a dataclass. ``load_config(cls, file, overrides)`` builds it from
-the defaults, then the file's keys, then the non-``None`` command-line values; unknown keys in
-a file are an error that names the file and the key.
+Every option group is a dataclass (``TrainCFConfig``, ``Stage1Config``, ...). A configuration is
+built from layers, later layers winning: built-in defaults < a YAML file < ... < ``--set
+section.key=value``. :func:`merge` applies one layer; :func:`parse_sets` turns ``--set`` items
+into a layer; :func:`from_dict` builds and checks a dataclass (unknown keys are an error naming
+the file and the key). An explicit ``null`` in a layer sets the option to ``None`` (``--set
+eval.max_users=null`` asks for all users); a command-line flag that was not given is simply
+absent from its layer.
+
+Fields say how they may change between an interrupted training run and its resumption, on the
+field itself: :func:`runtime_field` (never changes what is computed: threads, device, logging,
+checkpoint cadence) and :func:`length_field` (how long training runs: may grow on resume). Every
+other field defines the result, and a resumed run refuses to continue if one differs.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -17,7 +27,52 @@ import yaml
 
 T = TypeVar("T")
 
+_RESUME = "allmrec_resume"
 
+
+def runtime_field(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A field that never changes what a run computes (threads, device, batch size of a frozen
+    forward, logging, checkpoint cadence)."""
+    return dataclasses.field(default=default, metadata={_RESUME: "runtime"}, **kwargs)
+
+
+def length_field(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A field that says how long training runs (epochs, steps, patience): it may change when an
+    interrupted run is resumed, and the run continues from where it stopped."""
+    return dataclasses.field(default=default, metadata={_RESUME: "length"}, **kwargs)
+
+
+def runtime_fields(cls: type) -> set[str]:
+    """Names of ``cls``'s :func:`runtime_field` fields."""
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get(_RESUME) == "runtime"}
+
+
+def resumable_fields(cls: type) -> set[str]:
+    """Names of the fields that may differ between a checkpoint and its resumption."""
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get(_RESUME) in ("runtime", "length")}
+
+
+def defining_options(config: Any) -> dict[str, Any]:
+    """The options of a config dataclass that define what it computes (runtime fields left out)."""
+    skip = runtime_fields(type(config))
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+
+
+def check_resumable(saved: dict[str, Any], config: Any, where: Path | str, what: str) -> None:
+    """Refuse to resume when a field that defines the result differs from the checkpoint's."""
+    new = dataclasses.asdict(config)
+    free = resumable_fields(type(config))
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {new[k]!r}" for k in sorted(new) if k not in free and _plain(saved.get(k)) != _plain(new[k])]
+    if diffs:
+        raise ValueError(f"{where}: cannot resume, the {what} config differs ({'; '.join(diffs)}). Use another out_dir, or resume=False to start over.")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and lists compare equal (JSON has no tuples)."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+# ---- files and layers --------------------------------------------------------------------------
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
@@ -33,20 +88,45 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], file: str | Path | None = None, overrides: dict[str, Any] | None = None, section: str | None = None) -> T:
-    """Build ``cls`` from defaults < ``file`` (optionally one ``section`` of it) < ``overrides``."""
-    values: dict[str, Any] = {}
-    if file is not None:
-        data = read_config_file(file)
-        if section is not None:
-            data = data.get(section, {}) or {}
-        values.update(_check_keys(cls, data, where=str(file)))
-    if overrides:
-        values.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(cls, values, where=str(file) if file else "command line")
+def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["cf.epochs=20", "eval.methods=[cf,allmrec]"]`` -> ``{"cf.epochs": 20, ...}``; values
+    are parsed as YAML (``null`` is ``None``, an empty value too)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key.path=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
 
 
+def merge(base: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with each layer merged over it. Keys may be dotted paths
+    (``"stage2.lr"``); nested mappings merge key by key; any other value, ``None`` included,
+    replaces what was there."""
+    out = copy.deepcopy(base)
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            _set_path(out, str(key).split("."), copy.deepcopy(value))
+    return out
+
+
+def _set_path(node: dict[str, Any], keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    last = keys[-1]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        for k, v in value.items():
+            _set_path(node[last], str(k).split("."), v)
+    else:
+        node[last] = value
+
+
+# ---- dataclasses -------------------------------------------------------------------------------
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build ``cls`` from ``data`` (defaults for missing keys; values coerced to the field types)."""
     _check_keys(cls, data, where)
     hints = typing.get_type_hints(cls)
     kwargs = {}

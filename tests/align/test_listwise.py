@@ -2,14 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from allmrec.align import Stage2Config, Stage2Model, load_stage2, train_stage2
-from allmrec.align.listwise import ScoreHead, candidate_states, standardize
-from allmrec.align.stage2 import cf_candidate_scores, curve_users, training_users
-from allmrec.cf.evaluate import score_candidates
+import dataclasses
+
+from allmrec.align import Stage2Config, Stage2Model, Stage2ModelConfig, Stage2Scorer, Stage2TrainConfig, load_stage2, stage2_config, train_stage2
+from allmrec.align.stage2.examples import curve_users, training_users
+from allmrec.align.stage2.listwise import ScoreHead, candidate_states, standardize
+from allmrec.cf.evaluate import candidate_scores, score_candidates
+from allmrec.data.queries import Queries
 from allmrec.eval.metrics import target_ranks
 from allmrec.llm import build_prompt, display_titles, splice
-from allmrec.llm.testing import tiny_cf, tiny_dataset
-from allmrec.recommend import InferenceConfig, evaluate_llm
+from allmrec.llm.reader import PromptReader
+from helpers import tiny_cf, tiny_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -21,21 +24,37 @@ def setup():
     return ds, tiny_cf(ds), joint
 
 
-def listwise(**kw):
-    base = dict(objective="listwise", residual=True, train_target="valid", lr=1e-2, batch_size=2, epochs=1, history_len=2,
-                n_candidates=20, max_title_tokens=4, checkpoint_every=2, seed=5)
-    return Stage2Config(**{**base, **kw})
+MODEL_OPTIONS = {f.name for f in dataclasses.fields(Stage2ModelConfig)}
+
+
+def listwise(mode="best", **kw):
+    values = {**dict(lr=1e-2, batch_size=2, epochs=1, history_len=2, n_candidates=20, max_title_tokens=4, checkpoint_every=2, seed=5), **kw}
+    return stage2_config({"mode": mode, "model": {k: v for k, v in values.items() if k in MODEL_OPTIONS},
+                          "train": {k: v for k, v in values.items() if k not in MODEL_OPTIONS}})
 
 
 def test_config_rejects_inconsistent_modes():
     with pytest.raises(ValueError, match="residual needs objective 'listwise'"):
-        Stage2Config(residual=True)
+        Stage2ModelConfig(objective="lm", residual=True)
     with pytest.raises(ValueError, match="train_projectors"):
-        Stage2Config(train_projectors=False)
+        Stage2Config(model=Stage2ModelConfig(objective="lm", residual=False), train=Stage2TrainConfig(train_projectors=False))
     with pytest.raises(ValueError, match="objective"):
-        Stage2Config(objective="pairwise")
+        Stage2ModelConfig(objective="pairwise")
     with pytest.raises(ValueError, match="item_table"):
-        Stage2Config(item_table="text")
+        stage2_config({"model": {"item_table": "text"}})
+    with pytest.raises(ValueError, match="stage2.mode"):
+        stage2_config({"mode": "fast"})
+    with pytest.raises(ValueError, match="live under stage2.model and stage2.train"):
+        stage2_config({"lr": 0.1})
+
+
+def test_modes_are_named_presets_and_overrides_make_them_custom():
+    best, paper = stage2_config({}), stage2_config({"mode": "paper"})
+    assert best.mode_name == "best" and best.model.objective == "listwise" and best.model.residual and not best.train.train_projectors
+    assert paper.mode_name == "paper" and paper.model.objective == "lm" and paper.train.train_target == "train"
+    assert best.label == "best mode: listwise residual" and paper.label == "paper: LM loss"
+    assert stage2_config({"mode": "best", "model": {"residual": False}}).mode_name == "custom"
+    assert stage2_config({"mode": "best", "train": {"lr": 0.5}}).mode_name == "best"  # options the mode does not set
 
 
 def test_head_starts_at_the_cf_ranking_and_standardizes():
@@ -67,7 +86,7 @@ def test_candidate_states_read_the_candidate_soft_tokens_under_left_padding(smol
 
 def test_valid_target_holds_out_curve_users(setup):
     ds, _, _ = setup
-    cfg = listwise(valid_users=3)
+    cfg = listwise(valid_users=3).train
     held, train = curve_users(ds, cfg), training_users(ds, cfg)
     assert len(held) == 3 and not set(held) & set(train)
     assert len(train) == int(ds.train_users.sum()) - 3
@@ -91,21 +110,24 @@ def test_untrained_residual_ranks_like_the_cf_model_and_round_trips(smollm, setu
     ds, cf, joint = setup
     model, state = train_stage2(ds, cf, joint, llm, tok, listwise(max_steps=2, lr=0.0, valid_users=2, eval_every=1), tmp_path, progress=False)
     assert [p[0] for p in state["curve"]] == [0, 1, 2]
-    users = np.arange(4)
-    metrics, rows = evaluate_llm(ds, llm, tok, "test", users, stage2=model, cf_model=cf, joint_items=joint, config=InferenceConfig(mode="rank"))
-    assert [r["rank"] for r in rows] == target_ranks(score_candidates(cf, ds, "test", users)).tolist()
+    queries = Queries.from_split(ds, "test", np.arange(4))
+
+    def reader(stage2):
+        return PromptReader(llm, tok, ds.titles, ds.wording, stage2.prompt_config(), Stage2Scorer(stage2, joint, cf))
+
+    scores = reader(model).score(queries)
+    assert target_ranks(scores).tolist() == target_ranks(score_candidates(cf, ds, "test", queries.users)).tolist()
     loaded = load_stage2(tmp_path, llm=llm, cf_model=cf, joint_items=joint)
     assert loaded.objective == "listwise" and loaded.residual
-    _, again = evaluate_llm(ds, llm, tok, "test", users, stage2=loaded, cf_model=cf, joint_items=joint, config=InferenceConfig(mode="rank"))
-    assert [r["scores"] for r in again] == [r["scores"] for r in rows]
-    with pytest.raises(ValueError, match="does not generate|not trained to generate"):
-        evaluate_llm(ds, llm, tok, "test", users, stage2=loaded, cf_model=cf, joint_items=joint, config=InferenceConfig(mode="generate"))
+    assert np.array_equal(reader(loaded).score(queries), scores)
+    with pytest.raises(ValueError, match="not trained to generate"):
+        reader(loaded).generate(queries)
 
 
 def test_training_lowers_the_listwise_loss_with_cached_states(smollm, setup):
     llm, tok = smollm
     ds, cf, joint = setup
-    cfg = listwise(train_projectors=False, residual=False, epochs=30, batch_size=4, lr=3e-3)
+    cfg = listwise(mode="listwise", epochs=30, batch_size=4, lr=3e-3)
     model, state = train_stage2(ds, cf, joint, llm, tok, cfg, out_dir=None, progress=False)
     losses = [v for _, v in state["loss_log"]]
     assert losses[-1] < 0.5 * losses[0]
@@ -115,16 +137,16 @@ def test_cf_candidate_scores_match_the_backbone(setup):
     ds, cf, _ = setup
     users = np.arange(3)
     hist = [ds.history(int(u), "test") for u in users]
-    got = cf_candidate_scores(cf, users, hist, ds.test_candidates[users])
+    got = candidate_scores(cf, users, hist, ds.test_candidates[users], trim=False)
     assert np.allclose(got.numpy(), score_candidates(cf, ds, "test", users), atol=1e-5)
 
 
 def test_frozen_projector_run_keeps_llm_states_and_resumes_without_the_llm(smollm, setup, tmp_path, monkeypatch):
-    import allmrec.align.stage2 as stage2
+    import allmrec.align.stage2.training as stage2
 
     llm, tok = smollm
     ds, cf, joint = setup
-    cfg = listwise(train_projectors=False, epochs=2, batch_size=4, checkpoint_every=1)
+    cfg = listwise(epochs=2, batch_size=4, checkpoint_every=1)
     full, _ = train_stage2(ds, cf, joint, llm, tok, cfg, tmp_path / "full", progress=False)
     assert (tmp_path / "full" / "llm_states.safetensors").exists()
     # Resuming from the last checkpoint must not run the LLM again: the states come from disk.
@@ -134,5 +156,5 @@ def test_frozen_projector_run_keeps_llm_states_and_resumes_without_the_llm(smoll
     (tmp_path / "part" / "model.json").unlink()
     ckpts = sorted((tmp_path / "part" / "checkpoints").glob("step-*"))
     monkeypatch.setattr(stage2.Stage2Model, "listwise_states", lambda *a, **k: (_ for _ in ()).throw(AssertionError("LLM ran")))
-    resumed, state = train_stage2(ds, cf, joint, llm, tok, cfg.__class__(**{**cfg.__dict__, "epochs": 3}), tmp_path / "part", progress=False)
+    resumed, state = train_stage2(ds, cf, joint, llm, tok, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3)), tmp_path / "part", progress=False)
     assert state["step"] > int(ckpts[-1].name.split("-")[1])

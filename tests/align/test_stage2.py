@@ -1,11 +1,14 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from allmrec.align import Stage2Config, Stage2Model, load_stage2, train_stage2
-from allmrec.align.stage2 import epoch_plan, training_users
+from allmrec.align import Stage2Model, Stage2ModelConfig, load_stage2, stage2_config, train_stage2
+from allmrec.align.stage2.examples import epoch_plan, training_users
+from allmrec.cf.evaluate import user_representations
 from allmrec.llm import PromptConfig, build_prompt, display_titles, splice, target_loss
-from allmrec.llm.testing import tiny_cf, tiny_dataset
+from helpers import tiny_cf, tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +18,14 @@ def setup():
     return ds, tiny_cf(ds), joint
 
 
-def small(**kw):
-    base = dict(lr=1e-3, batch_size=2, epochs=1, max_train_users=4, history_len=2, n_candidates=3, max_title_tokens=6, checkpoint_every=2, seed=5)
-    return Stage2Config(**{**base, **kw})
+MODEL_OPTIONS = {f.name for f in dataclasses.fields(Stage2ModelConfig)}
+
+
+def small(mode="paper", **kw):
+    """A tiny stage-2 config (the paper's LM-loss mode unless ``mode`` says otherwise)."""
+    values = {**dict(lr=1e-3, batch_size=2, epochs=1, max_train_users=4, history_len=2, n_candidates=3, max_title_tokens=6, checkpoint_every=2, seed=5), **kw}
+    return stage2_config({"mode": mode, "model": {k: v for k, v in values.items() if k in MODEL_OPTIONS},
+                          "train": {k: v for k, v in values.items() if k not in MODEL_OPTIONS}})
 
 
 def test_projectors_follow_the_authors_design_and_are_seeded():
@@ -48,28 +56,26 @@ def test_soft_vectors_follow_the_order_of_the_slots():
 def test_epoch_plan_draws_untouched_negatives_seeded_per_epoch(setup):
     ds, _, _ = setup
     cfg = small(n_candidates=8, max_train_users=None)
-    users = training_users(ds, cfg)
-    order, cands = epoch_plan(ds, users, cfg, 0)
+    users = training_users(ds, cfg.train)
+    order, cands = epoch_plan(ds, users, cfg.train, 0)
     assert sorted(order) == list(range(len(users)))
     for r, u in enumerate(users):
         target = ds.train_sequence(u)[-1]
         assert (cands[r] == target).sum() == 1 and len(set(cands[r])) == 8
         negs = set(cands[r]) - {target}
         assert not negs & set(ds.sequences[u].tolist())
-    again = epoch_plan(ds, users, cfg, 0)
-    other = epoch_plan(ds, users, cfg, 1)
+    again = epoch_plan(ds, users, cfg.train, 0)
+    other = epoch_plan(ds, users, cfg.train, 1)
     assert np.array_equal(cands, again[1]) and not np.array_equal(cands, other[1])
 
 
 def _loss_on(model, ds, cf, joint, llm, tok, cfg):
-    users = training_users(ds, cfg)
-    titles = display_titles(ds.titles, tok, cfg.max_title_tokens)
-    _, cands = epoch_plan(ds, users, cfg, 0)
+    users = training_users(ds, cfg.train)
+    titles = display_titles(ds.titles, tok, cfg.model.max_title_tokens)
+    _, cands = epoch_plan(ds, users, cfg.train, 0)
     hist = [ds.train_sequence(u)[:-1] for u in users]
-    from allmrec.align.stage2 import user_representations
-
-    x = user_representations(cf, users, hist)
-    prompts = [build_prompt(hist[r], cands[r], titles, ds.wording, cfg.prompt_config(), int(ds.train_sequence(u)[-1])) for r, u in enumerate(users)]
+    x = user_representations(cf, users, hist, trim=False)
+    prompts = [build_prompt(hist[r], cands[r], titles, ds.wording, cfg.model.prompt_config(), int(ds.train_sequence(u)[-1])) for r, u in enumerate(users)]
     with torch.no_grad():
         b = splice(prompts, tok, llm.get_input_embeddings(), model.soft_vectors(prompts, x, joint), targets=[p.target for p in prompts], padding_side="right")
         return float(target_loss(llm, b))
@@ -81,7 +87,7 @@ def test_training_moves_only_the_projectors_and_lowers_the_loss(smollm, setup):
     cfg = small(epochs=4)
     before_llm = {k: v.clone() for k, v in llm.state_dict().items()}
     before_cf = {k: v.clone() for k, v in cf.state_dict().items()}
-    init = Stage2Model(cf.dim, joint.shape[1], 576, seed=cfg.seed)
+    init = Stage2Model(cf.dim, joint.shape[1], 576, cfg.model, seed=cfg.train.seed)
     loss0 = _loss_on(init, ds, cf, joint, llm, tok, cfg)
     model, state = train_stage2(ds, cf, joint, llm, tok, cfg, out_dir=None, progress=False)
     assert state["step"] == 8
@@ -95,19 +101,19 @@ def test_training_moves_only_the_projectors_and_lowers_the_loss(smollm, setup):
 
 
 def test_resume_equals_uninterrupted_and_refuses_other_inputs(smollm, setup, tmp_path, monkeypatch):
-    import allmrec.align.stage2 as stage2
+    import allmrec.align.stage2.training as stage2
 
     llm, tok = smollm
     ds, cf, joint = setup
     cfg = small(batch_size=1, epochs=2, max_steps=6, checkpoint_every=3)  # 4 steps per epoch
     full, _ = train_stage2(ds, cf, joint, llm, tok, cfg, tmp_path / "full", progress=False)
-    # Crash in the middle of step 5 (mid-epoch 1); the newest checkpoint is step 3 (mid-epoch 0).
+    # Crash in the middle of step 4 (the last of epoch 0); the newest checkpoint is step 3 (mid-epoch 0).
     calls = {"n": 0}
     real_loss = stage2.target_loss
 
     def crashing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == 4:
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 

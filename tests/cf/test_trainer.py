@@ -23,6 +23,7 @@ from allmrec.cf import (
 )
 from allmrec.cf.sampling import left_pad
 from allmrec.cf.sequential import SequentialBackbone
+from allmrec.training import latest_checkpoint
 from allmrec.utils.io import load_tensors
 
 OPTS = dict(dim=16, max_len=12, dropout=0.1)
@@ -50,9 +51,9 @@ def test_training_learns_the_pattern(name, dataset, tmp_path):
     assert set(metrics) >= {"hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr"}
     assert metrics["hit@1"] > 0.25, metrics  # random ranking gives 1/20
     assert metrics["users"] == dataset.n_users
-    for f in ("model.safetensors", "model.json", "trainer_state.json"):
+    for f in ("model.safetensors", "model.json", "latest.json", "done.json"):
         assert (tmp_path / f).is_file()
-    assert len(list(tmp_path.glob("checkpoint-e*.safetensors"))) == 2  # only the latest epoch's pair
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 1  # only the newest checkpoint is kept
     meta = json.loads((tmp_path / "model.json").read_text())
     best = max(history, key=lambda h: h["valid"]["ndcg@10"])
     assert meta["backbone"] == name and meta["epoch"] == best["epoch"] and meta["dataset"]["n_items"] == 40
@@ -73,8 +74,8 @@ def test_resume_is_bit_identical(name, dataset, tmp_path):
     resumed, h_res = train_cf(dataset, _config(name, epochs=4), tmp_path / "split", progress=False)
     assert _same_weights(full, resumed)
     assert _metrics(h_full) == _metrics(h_res)
-    last_full = load_tensors(tmp_path / "full" / "checkpoint-e0004.model.safetensors")
-    last_res = load_tensors(tmp_path / "split" / "checkpoint-e0004.model.safetensors")
+    last_full = load_tensors(latest_checkpoint(tmp_path / "full") / "weights.safetensors")
+    last_res = load_tensors(latest_checkpoint(tmp_path / "split") / "weights.safetensors")
     assert all(torch.equal(last_full[k], last_res[k]) for k in last_full)
     # A finished run resumed again does nothing and returns the same best model.
     again, h_again = train_cf(dataset, _config(name, epochs=4), tmp_path / "split", progress=False)
@@ -100,8 +101,8 @@ def test_early_stopping_keeps_the_best_epoch(dataset, tmp_path):
     model, history = train_cf(dataset, _config(epochs=10, lr=0.0, patience=2), tmp_path, progress=False)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert json.loads((tmp_path / "model.json").read_text())["epoch"] == 1
-    state = json.loads((tmp_path / "trainer_state.json").read_text())
-    assert state["best_epoch"] == 1 and state["bad_evals"] == 2
+    state = json.loads((latest_checkpoint(tmp_path) / "trainer_state.json").read_text())
+    assert state["best"]["epoch"] == 1 and state["bad_evals"] == 2
 
 
 def test_load_cf_round_trip_and_errors(dataset, tmp_path):
@@ -129,7 +130,7 @@ def test_score_candidates_and_representations_keep_user_order(dataset):
     model = build_backbone("sasrec", n_items=40, n_users=60, **OPTS).eval()
     users = np.array([7, 3, 59, 0, 3])
     scores = score_candidates(model, dataset, "valid", users, batch_size=2)
-    reps = user_representations(model, dataset, "valid", users, batch_size=2)
+    reps = user_representations(model, users, [dataset.history(int(u), "valid") for u in users], batch_size=2)
     hist = torch.tensor(left_pad([dataset.sequences[u][:-2] for u in users], 12))
     with torch.no_grad():
         expect = model.score(torch.tensor(users), hist, torch.tensor(dataset.valid_candidates[users]))
@@ -143,7 +144,7 @@ def test_cold_users_are_held_out(synthetic, tmp_path):
     ds = synthetic(cold=6)
     model, _ = train_cf(ds, _config("ncf", epochs=2), tmp_path, progress=False)
     assert model.trained_users.sum() == 54 and not model.trained_users[54:].any()
-    rep = user_representations(model, ds, "test", [55])
+    rep = user_representations(model, [55], [ds.history(55, "test")])
     hist = ds.sequences[55][:-1]
     torch.testing.assert_close(rep[0], model.item_gmf.weight[torch.tensor(hist)].mean(0))
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from allmrec.experiment.config import ExperimentConfigError, load_experiment, merge_config
+from allmrec.config import merge
+from allmrec.experiment.config import ExperimentConfigError, load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,7 @@ def _write(tmp_path, data) -> Path:
 
 
 def _minimal(tmp_path) -> dict:
-    return {"base": {"dataset": "amazon-beauty", "data": {"path": str(tmp_path / "raw")}, "stage2": {"max_steps": 3}}}
+    return {"base": {"dataset": "amazon-beauty", "data": {"path": str(tmp_path / "raw")}, "stage2": {"train": {"max_steps": 3}}}}
 
 
 def test_defaults_and_resolution(tmp_path, monkeypatch):
@@ -31,8 +32,7 @@ def test_defaults_and_resolution(tmp_path, monkeypatch):
     cfg = load_experiment(_write(tmp_path, data))
     assert cfg.name == "exp" and cfg.out_dir == "runs"
     assert cfg.eval.mode == "rank" and cfg.eval.max_users == 100
-    assert cfg.allmrec.best == {"objective": "listwise", "residual": True, "train_target": "valid", "train_projectors": False}
-    assert cfg.allmrec.paper["objective"] == "lm"
+    assert cfg.allmrec.paper_mode and cfg.allmrec.variant_mode == "best" and cfg.stage2_mode("paper") == {"stage2": {"mode": "paper"}}["stage2"]
     # Relative data paths are taken from the current folder and stored absolute.
     assert cfg.base["data"]["path"] == str(tmp_path / "relative" / "raw")
     # The cold-user scenario holds users out of the base dataset; pipeline defaults are filled in.
@@ -42,17 +42,18 @@ def test_defaults_and_resolution(tmp_path, monkeypatch):
 
 
 def test_set_overrides_any_key(tmp_path):
-    cfg = load_experiment(_write(tmp_path, _minimal(tmp_path)), ["ablations.enabled=false", "base.stage2.max_steps=9", "eval.max_users=null"])
+    cfg = load_experiment(_write(tmp_path, _minimal(tmp_path)), ["ablations.enabled=false", "base.stage2.train.max_steps=9", "eval.max_users=null"])
     assert cfg.ablations.enabled is False
-    assert cfg.base["stage2"]["max_steps"] == 9
+    assert cfg.base["stage2"]["train"]["max_steps"] == 9
     assert cfg.eval.max_users is None
 
 
-def test_merge_config_is_deep_and_copies():
+def test_merge_is_deep_and_copies():
     base = {"stage2": {"max_steps": 3, "lr": 1e-4}, "cf": {"backbone": "sasrec"}}
-    out = merge_config(base, {"stage2": {"max_steps": 5}}, {"cf.backbone": "ncf"})
+    out = merge(base, {"stage2": {"max_steps": 5}}, {"cf.backbone": "ncf"})
     assert out == {"stage2": {"max_steps": 5, "lr": 1e-4}, "cf": {"backbone": "ncf"}}
     assert base["stage2"]["max_steps"] == 3
+    assert merge(base, {"stage2.max_steps": None})["stage2"]["max_steps"] is None  # an explicit null sets None
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,7 @@ def test_errors_name_file_line_and_field(tmp_path, patch, line, needle):
 
 def test_bad_pipeline_option_fails_at_load_time(tmp_path):
     data = _minimal(tmp_path)
-    data["base"]["stage2"]["objective"] = "contrastive"
+    data["base"]["stage2"]["model"] = {"objective": "contrastive"}
     path = _write(tmp_path, data)
     with pytest.raises(ExperimentConfigError) as err:
         load_experiment(path)
@@ -89,7 +90,7 @@ def test_bad_pipeline_option_fails_at_load_time(tmp_path):
     assert msg.startswith(f"{path}:") and "stage2" in msg and "contrastive" in msg
     # An unknown option inside an override group names the group.
     data = _minimal(tmp_path)
-    data["overrides"] = {"few_shot": {"stage2": {"max_stepz": 3}}}
+    data["overrides"] = {"few_shot": {"stage2": {"train": {"max_stepz": 3}}}}
     with pytest.raises(ExperimentConfigError) as err:
         load_experiment(_write(tmp_path, data))
     assert "overrides.few_shot.stage2" in str(err.value) and "max_stepz" in str(err.value)

@@ -95,8 +95,9 @@ def test_variants_share_cf_and_stage1(ran):
     assert target("main/stage1") == target("paper/stage1")
     assert target("ablation-no_matching/stage1") != target("main/stage1")
     assert target("few-shot-8/cf") != target("main/cf")  # trained on the K users only
-    assert target("cf-gru4rec/cf") == target("agnostic-gru4rec/cf")
     results = json.loads((exp / "results.json").read_text())
+    agnostic = results["variants"]["agnostic-gru4rec"]["alias_of"] or "agnostic-gru4rec"  # the same config as cf-gru4rec here: one run
+    assert target("cf-gru4rec/cf") == target(f"{agnostic}/cf")
     # The frozen-encoder ablation is the main run here (the base config freezes it already).
     assert results["variants"]["ablation-frozen_encoder"]["alias_of"] == "main"
     assert not (exp / "ablation-frozen_encoder").exists()
@@ -129,31 +130,34 @@ def test_a_changed_size_reruns_only_what_it_changes(ran):
 def test_sbert_rows_share_allmrec_scores_unless_an_untrained_item_is_shown(ran, monkeypatch):
     """A-LLMRec (SBERT) only changes the rows of items without training interactions: users
     whose prompt shows none get A-LLMRec's scores, the others are scored with the SBERT table."""
-    import allmrec.align as align
+    import allmrec.align.stage1 as stage1
+    import allmrec.experiment.scoring as scoring
     from allmrec.experiment import ExperimentRunner, load_experiment
+    from allmrec.experiment.plan import eval_specs
 
     exp, path = ran
     run = ExperimentRunner(load_experiment(path, ["baselines.morec=true"]))
-    spec = next(s for s in run.eval_specs() if s.uid == "eval/warm_items/main/allmrec-sbert")
-    pipe = run.pipeline("main")
-    ds, users = pipe.prepare(), run.sample_users(run.base_dataset(), "warm_items", 4)
-    assert not align.untrained_item_mask(ds).any()  # every item of the tiny data is trained on
+    run.steps()
+    spec = next(s for s in eval_specs(run.cfg) if s.uid == "eval/warm_items/main/allmrec-sbert")
+    res = run.shared.run("main")
+    ds, users = res.dataset, run.shared.sample_users(res.dataset, "warm_items", 4)
+    assert not stage1.untrained_item_mask(ds).any()  # every item of the tiny data is trained on
     shown_item = int(ds.candidates("test")[users[0]][-1])  # a candidate of the first user only (if possible)
-    marked = align.untrained_item_mask(ds)
+    marked = stage1.untrained_item_mask(ds)
     marked[shown_item] = True
-    monkeypatch.setattr(align, "untrained_item_mask", lambda _ds: marked.copy())
+    monkeypatch.setattr(stage1, "untrained_item_mask", lambda _ds: marked.copy())
     shows = np.array([bool(marked[ds.candidates("test")[u]].any() or marked[ds.history(int(u), "test")[-3:]].any()) for u in users])
     assert shows[0] and not shows.all()
 
     calls = []
-    score = pipe.score_method
-    monkeypatch.setattr(pipe, "score_method", lambda method, d, us, opts: calls.append((method, list(us))) or score(method, d, us, opts))
-    got = run._score_sbert(spec, users)
-    opts = dataclasses.replace(pipe.eval_options(), split="test", mode="rank", seed=run.cfg.eval.seed)
+    score = scoring.score_method
+    monkeypatch.setattr(scoring, "score_method", lambda r, method, us, *a: calls.append((method, list(us))) or score(r, method, us, *a))
+    got = run.scorer.score_sbert(spec, users)
+    args = ("test", "rank", run.cfg.eval.seed)
     assert ("allmrec-sbert", [int(u) for u in users[shows]]) in calls  # the SBERT table only for those users
-    plain = score("allmrec", ds, users, opts)["rank"]
+    plain = score(res, "allmrec", users, *args)["rank"]
     assert np.array_equal(got["rank"][~shows], plain[~shows])
-    assert np.array_equal(got["rank"][shows], score("allmrec-sbert", ds, users[shows], opts)["rank"])
+    assert np.array_equal(got["rank"][shows], score(res, "allmrec-sbert", users[shows], *args)["rank"])
 
 
 def test_publish_copies_the_report_with_its_evidence(ran, tmp_path):
@@ -184,8 +188,9 @@ def test_bad_config_exits_with_the_field(tiny_experiment, tmp_path):
 
 def test_transplant_keeps_weights_and_swaps_the_item_table():
     from allmrec.cf import build_backbone
-    from allmrec.experiment.work import Unavailable, transplant_cf
-    from allmrec.llm.testing import tiny_dataset
+    from allmrec.experiment.cross_domain import transplant_cf
+    from allmrec.experiment.plan import Unavailable
+    from helpers import tiny_dataset
 
     torch.manual_seed(0)
     src = build_backbone("sasrec", n_items=50, n_users=5, dim=8, max_len=6)

@@ -41,7 +41,7 @@ def test_soft_slots_land_where_the_tokenizer_puts_a_special_token(smollm):
     assert b.input_ids[0].tolist() == [-1 if t == marker_id else t for t in whole]
     assert int(b.soft_mask.sum()) == n_soft == 6
     rows = b.inputs_embeds[0]
-    assert torch.equal(rows[b.soft_mask[0]], soft.to(torch.bfloat16))
+    assert torch.equal(rows[b.soft_mask[0]], soft.to(model.dtype))
     text = ~b.soft_mask[0]
     assert torch.equal(rows[text], emb(b.input_ids[0][text]))
     # The user token is first; each item token follows its quoted title.
@@ -72,7 +72,7 @@ def test_padding_positions_and_labels(smollm):
         # labels sit at the last len(target) real positions of the row
         end = b.input_ids.shape[1] if side == "left" else int(b.lengths[1])
         assert b.labels[1, end - len(tgt_ids[1]) : end].tolist() == tgt_ids[1]
-        assert torch.equal(b.inputs_embeds[b.soft_mask], soft.to(torch.bfloat16))
+        assert torch.equal(b.inputs_embeds[b.soft_mask], soft.to(model.dtype))
 
 
 def test_left_padding_does_not_change_the_output(smollm32):

@@ -19,7 +19,7 @@ LoRA is never merged into them, and gradients never reach them (the LLM must be 
 The model returned by :func:`train_tallrec` / :func:`load_tallrec` is that copy without the
 ``PeftModel`` wrapper: a plain Hugging Face causal LM whose ``q_proj``/``v_proj`` (or other
 targets) add their LoRA update on the fly, frozen, in eval mode. It is what
-:func:`allmrec.recommend.evaluate_llm` expects (``base_model`` is the transformer body, the KV
+:class:`allmrec.llm.reader.PromptReader` expects (``base_model`` is the transformer body, the KV
 cache works), used with :func:`tallrec_prompt_config`. Because it shares the base tensors, do
 not move or cast it (``.to()``, ``.float()``): that converts the caller's LLM too; move the LLM
 before building it, or use ``merge=True``. ``merge=True`` instead returns an
@@ -46,7 +46,6 @@ import copy
 import dataclasses
 import logging
 import math
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,26 +53,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from allmrec.align.stage2 import Stage2Config, dataset_fingerprint, epoch_plan, example_history, example_target, training_users
+from allmrec.align.stage2.config import Stage2TrainConfig
+from allmrec.align.stage2.examples import Examples
+from allmrec.config import check_resumable, length_field, runtime_field
 from allmrec.data.dataset import SequenceDataset
 from allmrec.llm.loading import llm_identity
 from allmrec.llm.prompt import PromptConfig, build_prompt, display_titles
 from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
-from allmrec.utils.checkpoints import check_resumable, clear_run, latest_checkpoint, record_step, save_step_checkpoint
-from allmrec.utils.fingerprint import state_fingerprint
-from allmrec.utils.io import load_tensors, optimizer_from_tensors, read_json, save_tensors, write_json
-from allmrec.utils.seed import rng
+from allmrec.training import LoopOptions, TrainingTask, run_training
+from allmrec.utils.fingerprint import dataset_fingerprint, state_fingerprint
+from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json
+from allmrec.utils.seed import torch_seed
 
 log = logging.getLogger(__name__)
 
-FORMAT = "allmrec-tallrec/1"
-# Options that may change between an interrupted run and its resumption.
-RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every"}
+FORMAT = "allmrec-tallrec/2"
 
 
 @dataclass
@@ -101,16 +99,16 @@ class TallrecConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     lr: float = 3e-4
     batch_size: int = 4
-    epochs: int = 1
-    max_steps: int | None = None
+    epochs: int = length_field(1)
+    max_steps: int | None = length_field(None)
     max_train_users: int | None = None
     history_len: int = 10
     n_candidates: int = 20
     max_title_tokens: int = 16
     seed: int = 42
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 1
-    log_every: int = 10
+    checkpoint_every: int = runtime_field(500)
+    keep_checkpoints: int = runtime_field(1)
+    log_every: int = runtime_field(10)
 
     def __post_init__(self) -> None:
         for name in ("lora_r", "lora_alpha", "batch_size", "epochs", "n_candidates", "checkpoint_every", "keep_checkpoints", "log_every", "history_len"):
@@ -131,19 +129,10 @@ class TallrecConfig:
         if self.max_title_tokens < 0:
             raise ValueError(f"TallrecConfig.max_title_tokens must be >= 0, got {self.max_title_tokens}")
 
-    def stage2_config(self) -> Stage2Config:
-        """The stage-2 config whose examples (users, targets, candidates, order) TALLRec trains on."""
-        return Stage2Config(
-            batch_size=self.batch_size,
-            epochs=self.epochs,
-            max_steps=self.max_steps,
-            max_train_users=self.max_train_users,
-            history_len=self.history_len,
-            n_candidates=self.n_candidates,
-            max_title_tokens=self.max_title_tokens,
-            seed=self.seed,
-            train_target="train",
-        )
+    def examples_config(self) -> Stage2TrainConfig:
+        """The stage-2 training options whose examples (users, targets, candidates, order) TALLRec trains on."""
+        return Stage2TrainConfig(batch_size=self.batch_size, epochs=self.epochs, max_steps=self.max_steps, max_train_users=self.max_train_users,
+                                 n_candidates=self.n_candidates, seed=self.seed, train_target="train", train_projectors=True)
 
     def prompt_config(self) -> PromptConfig:
         """The text-only prompt used for training and inference."""
@@ -159,10 +148,6 @@ class TallrecConfig:
 
 
 # ---- the LoRA copy of the shared LLM ------------------------------------------------------------
-def _torch_seed(seed: int, *stream: int | str) -> int:
-    return int(rng(seed, *stream).integers(0, 2**63 - 1))
-
-
 @contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Run a block with torch's global RNG seeded, restoring the caller's RNG state afterwards."""
@@ -193,7 +178,7 @@ def _lora_model(llm: nn.Module, config: TallrecConfig, deep: bool = False) -> An
 
     base = copy.deepcopy(llm) if deep else _structural_copy(llm)
     device = llm.get_input_embeddings().weight.device
-    with _seeded(_torch_seed(config.seed, "tallrec-init"), device), warnings.catch_warnings():
+    with _seeded(torch_seed(config.seed, "tallrec-init"), device), warnings.catch_warnings():
         # peft asks transformers a deprecated question (is_gradient_checkpointing); not ours to fix.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(base, config.lora_config())
@@ -257,7 +242,7 @@ def tallrec_inference_model(llm: nn.Module, lora: dict[str, torch.Tensor], confi
 
     Returns
     -------
-    A frozen, eval-mode causal LM for :func:`allmrec.recommend.evaluate_llm` (prompt:
+    A frozen, eval-mode causal LM for :class:`allmrec.llm.reader.PromptReader` (prompt:
     :func:`tallrec_prompt_config`).
     """
     _check_frozen(llm)
@@ -269,7 +254,7 @@ def tallrec_inference_model(llm: nn.Module, lora: dict[str, torch.Tensor], confi
 
 
 def tallrec_prompt_config(model: nn.Module) -> PromptConfig:
-    """The text-only prompt a TALLRec model was trained with (pass it to ``evaluate_llm``)."""
+    """The text-only prompt a TALLRec model was trained with (pass it to the ``PromptReader``)."""
     meta = getattr(model, "tallrec_meta", None)
     if not meta or "prompt" not in meta:
         raise ValueError("not a TALLRec model (no tallrec_meta): build it with train_tallrec or load_tallrec")
@@ -287,6 +272,68 @@ def _check_identities(saved: dict[str, str], current: dict[str, str], where: Pat
 
 
 # ---- training -------------------------------------------------------------------------------------
+class TallrecTask(TrainingTask):
+    """LoRA adapters of a structural copy of the LLM, on stage 2's examples with the text prompt."""
+
+    name = "TALLRec"
+    format = FORMAT
+
+    def __init__(self, dataset: SequenceDataset, llm: nn.Module, tokenizer: Any, config: TallrecConfig) -> None:
+        _check_frozen(llm)
+        self.dataset, self.llm, self.tokenizer, self.config = dataset, llm, tokenizer, config
+        self.device = llm.get_input_embeddings().weight.device
+        self.ids = {"llm": llm_identity(llm), "dataset": dataset_fingerprint(dataset)}
+        self.examples = Examples(dataset, config.examples_config())
+        self.peft_model = _lora_model(llm, config)
+        self.params = _lora_params(self.peft_model)
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
+        self.titles = display_titles(dataset.titles, tokenizer, config.max_title_tokens)
+        self.prompt = config.prompt_config()
+        self.model = self.peft_model.base_model.model  # LoRA layers injected; its base_model is the transformer body
+        self.meta = {"format": FORMAT, "tallrec": dataclasses.asdict(config), "prompt": dataclasses.asdict(self.prompt), "identity": self.ids}
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.examples) / self.config.batch_size)
+
+    def identity(self) -> dict[str, Any]:
+        return {"tallrec": dataclasses.asdict(self.config), **self.ids}
+
+    def check_resume(self, saved: dict[str, Any], where: Path) -> None:
+        _check_identities(saved, self.ids, where)
+        check_resumable(saved.get("tallrec", {}), self.config, where, "TALLRec")
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return _lora_state(self.peft_model)
+
+    def load_trained_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        _load_lora_state(self.peft_model, {k: v.to(self.device) for k, v in tensors.items()}, "checkpoint")
+
+    def start_epoch(self, epoch: int) -> None:
+        self.order, self.cands = self.examples.plan(epoch)
+        self.model.train()  # LoRA dropout (the LLM's own dropout rates are those of its config)
+
+    def step(self, epoch: int, index: int) -> float:
+        ex, bs = self.examples, self.config.batch_size
+        rows = self.order[index * bs : (index + 1) * bs]
+        prompts = [build_prompt(ex.histories[r], self.cands[r], self.titles, self.dataset.wording, self.prompt, int(ex.targets[r])) for r in rows]
+        batch = splice(prompts, self.tokenizer, self.model.get_input_embeddings(), None, targets=[p.target for p in prompts], padding_side="right")
+        step = epoch * self.steps_per_epoch() + index
+        # The dropout masks of a step depend on (seed, step) only: exact resume.
+        with _seeded(torch_seed(self.config.seed, "tallrec-dropout", step), self.device):
+            loss = target_loss(self.model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"TALLRec: non-finite loss {loss.item()} at step {step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def finish(self, state: dict[str, Any]) -> None:
+        self.state = state
+        state["step_seconds"] = state["seconds"] / state["step"] if state["step"] else 0.0
+        state["trainable_params"] = int(sum(p.numel() for p in self.params))
+
+
 def train_tallrec(
     dataset: SequenceDataset,
     llm: nn.Module,
@@ -309,7 +356,7 @@ def train_tallrec(
         Continue from the newest checkpoint in ``out_dir`` (refused if it was made for another
         LLM, dataset or config, naming the differing field); ``False`` starts over.
     progress : bool
-        Show a tqdm bar.
+        Show a progress bar.
 
     Returns
     -------
@@ -319,97 +366,17 @@ def train_tallrec(
         setup and evaluation excluded), ``step_seconds`` (``seconds / step``), ``loss_log``
         (``[step, mean loss]`` every ``log_every`` steps), ``epoch_loss``, ``trainable_params``.
     """
-    from tqdm.auto import tqdm
-
     config = config or TallrecConfig()
-    _check_frozen(llm)
-    s2 = config.stage2_config()
-    prompt_cfg = config.prompt_config()
-    device = llm.get_input_embeddings().weight.device
-    identities = {"llm": llm_identity(llm), "dataset": dataset_fingerprint(dataset)}
-    users = training_users(dataset, s2)
-    if len(users) == 0:
-        raise ValueError(f"dataset {dataset.name!r}: no training user has >= 2 training items")
-    steps_per_epoch = math.ceil(len(users) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-
-    peft_model = _lora_model(llm, config)
-    params = _lora_params(peft_model)
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    state: dict[str, Any] = {"format": FORMAT, "step": 0, "epoch_loss": {}, "loss_log": [], "seconds": 0.0}
-    meta = {"format": FORMAT, "tallrec": dataclasses.asdict(config), "prompt": dataclasses.asdict(prompt_cfg), "identity": identities}
     out = Path(out_dir) if out_dir is not None else None
+    task = TallrecTask(dataset, llm, tokenizer, config)
+    options = LoopOptions(epochs=config.epochs, max_steps=config.max_steps, checkpoint_every=config.checkpoint_every,
+                          keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, progress=progress)
+    state = run_training(task, options, out, resume=resume)
+    meta = {**task.meta, "state": {"step": state["step"], "seconds": state["seconds"]}}
     if out is not None:
-        if not resume:
-            clear_run(out, ("model.json", "model.safetensors", "config.json"))
-        ckpt = latest_checkpoint(out)
-        if ckpt is not None:
-            saved = read_json(ckpt / "trainer_state.json")
-            _check_identities(saved.get("identity", {}), identities, ckpt)
-            check_resumable(saved.get("tallrec", {}), config, RESUMABLE_FIELDS, ckpt, "TALLRec")
-            _load_lora_state(peft_model, load_tensors(ckpt / "lora.safetensors", device=device), ckpt / "lora.safetensors")
-            opt.load_state_dict(optimizer_from_tensors(load_tensors(ckpt / "optimizer.safetensors", device=device), saved["optimizer"]))
-            state = {k: saved[k] for k in ("format", "step", "epoch_loss", "loss_log", "seconds")}
-            log.info("TALLRec: resuming from %s (step %d of %d)", ckpt, state["step"], total)
-        write_json(out / "config.json", meta)
-        if state["step"] < total:
-            # The folder's final model (if any) is about to be superseded: drop it so nobody reuses it.
-            (out / "model.json").unlink(missing_ok=True)
-
-    titles = display_titles(dataset.titles, tokenizer, config.max_title_tokens)
-    histories = [example_history(dataset, u, s2) for u in users]
-    targets = np.array([example_target(dataset, u, s2) for u in users], dtype=np.int64)
-    model = peft_model.base_model.model  # LoRA layers injected; its base_model is the transformer body
-    embedding = model.get_input_embeddings()
-    model.train()  # LoRA dropout (the LLM's own dropout rates are those of its config)
-
-    def save() -> None:
-        if out is not None:
-            save_step_checkpoint(out, "lora.safetensors", _lora_state(peft_model), opt, {**state, "identity": identities, "tallrec": dataclasses.asdict(config)},
-                                 config.keep_checkpoints, FORMAT)
-
-    bar = tqdm(total=total, initial=state["step"], desc="TALLRec", disable=not progress, dynamic_ncols=True)
-    window: list[float] = []
-    started = time.perf_counter() - float(state["seconds"])
-    try:
-        while state["step"] < total:
-            epoch, within = divmod(state["step"], steps_per_epoch)
-            order, cands = epoch_plan(dataset, users, s2, epoch)
-            for i in range(within, steps_per_epoch):
-                if state["step"] >= total:
-                    break
-                rows = order[i * config.batch_size : (i + 1) * config.batch_size]
-                prompts = [build_prompt(histories[r], cands[r], titles, dataset.wording, prompt_cfg, int(targets[r])) for r in rows]
-                batch = splice(prompts, tokenizer, embedding, None, targets=[p.target for p in prompts], padding_side="right")
-                # The dropout masks of a step depend on (seed, step) only: exact resume.
-                with _seeded(_torch_seed(config.seed, "tallrec-dropout", state["step"]), device):
-                    loss = target_loss(model, batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"TALLRec: non-finite loss {loss.item()} at step {state['step']}")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                opt.step()
-                value = float(loss.detach())
-                record_step(state, window, epoch, value, config.log_every, total)
-                state["seconds"] = time.perf_counter() - started
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")
-                if state["step"] % config.checkpoint_every == 0 and state["step"] < total:
-                    save()
-    finally:
-        bar.close()
-    state["seconds"] = time.perf_counter() - started
-    state["step_seconds"] = state["seconds"] / state["step"] if state["step"] else 0.0
-    state["trainable_params"] = int(sum(p.numel() for p in params))
-    if out is not None:
-        save()
-        lora = _lora_state(peft_model)
-        save_tensors(out / "model.safetensors", lora, metadata={"format": FORMAT, "step": str(state["step"])})
-        write_json(out / "model.json", {**meta, "state": {"step": state["step"], "seconds": state["seconds"]}, "trainer_state": state})
-    result = _finish(peft_model, llm, {**meta, "state": {"step": state["step"], "seconds": state["seconds"]}}, merge=False)
-    return result, state
+        save_tensors(out / "model.safetensors", _lora_state(task.peft_model), metadata={"format": FORMAT, "step": str(state["step"])})
+        write_json(out / "model.json", {**meta, "trainer_state": state})
+    return _finish(task.peft_model, llm, meta, merge=False), state
 
 
 def load_tallrec(path: str | Path, llm: nn.Module, *, merge: bool = False) -> nn.Module:
@@ -417,7 +384,7 @@ def load_tallrec(path: str | Path, llm: nn.Module, *, merge: bool = False) -> nn
 
     Parameters
     ----------
-    path : a run folder (its final ``model.json`` + ``model.safetensors``) or a checkpoint folder.
+    path : a run folder (its final ``model.json`` + ``model.safetensors``).
     llm : the frozen base LLM the adapters were trained on (checked by identity; left unchanged).
     merge : see :func:`tallrec_inference_model`.
 
@@ -426,19 +393,11 @@ def load_tallrec(path: str | Path, llm: nn.Module, *, merge: bool = False) -> nn
     The frozen, eval-mode inference model (prompt: :func:`tallrec_prompt_config`).
     """
     path = Path(path)
-    if (path / "model.json").exists():
-        meta = read_json(path / "model.json")
-        weights = path / "model.safetensors"
-        meta.pop("trainer_state", None)
-    elif (path / "trainer_state.json").exists():
-        saved = read_json(path / "trainer_state.json")
-        for key in ("tallrec", "identity", "step"):
-            if key not in saved:
-                raise ValueError(f"{path / 'trainer_state.json'}: missing field {key!r}; not a TALLRec checkpoint")
-        meta = {"format": FORMAT, "tallrec": saved["tallrec"], "identity": saved["identity"], "state": {"step": saved["step"]}}
-        weights = path / "lora.safetensors"
-    else:
-        raise FileNotFoundError(f"{path}: no TALLRec model here (expected model.json + model.safetensors, or a checkpoint folder)")
+    if not (path / "model.json").exists():
+        raise FileNotFoundError(f"{path}: no TALLRec model here (expected model.json + model.safetensors)")
+    meta = read_json(path / "model.json")
+    weights = path / "model.safetensors"
+    meta.pop("trainer_state", None)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
     if not weights.exists():

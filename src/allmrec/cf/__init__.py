@@ -1,9 +1,10 @@
 """Collaborative-filtering backbones (SASRec, GRU4Rec, NextItNet, NCF, MoRec), their training and evaluation."""
 
-from allmrec.cf.base import CFBackbone, CFConfig, available_backbones, build_backbone, get_backbone_class, register_backbone
-from allmrec.cf.evaluate import evaluate_cf, score_candidates, user_representations
-from allmrec.cf.trainer import TrainCFConfig, load_cf, save_cf, train_cf
-from allmrec.cf import morec as _morec  # noqa: F401  (registers "morec"; base.py's built-in list predates it)
+from allmrec.cf.base import CFBackbone, CFConfig
+from allmrec.cf.evaluate import candidate_scores, evaluate_cf, score_candidates, user_representations
+from allmrec.cf.io import load_cf, save_cf
+from allmrec.cf.registry import available_backbones, build_backbone, get_backbone_class, register_backbone
+from allmrec.cf.training import TrainCFConfig, train_cf
 
 __all__ = [
     "CFBackbone",
@@ -11,6 +12,7 @@ __all__ = [
     "TrainCFConfig",
     "available_backbones",
     "build_backbone",
+    "candidate_scores",
     "evaluate_cf",
     "get_backbone_class",
     "load_cf",

@@ -1,5 +1,5 @@
-"""The interface every collaborative-filtering backbone implements, and the registry that
-finds backbones by name (``"sasrec"``, ``"gru4rec"``, ``"nextitnet"``, ``"ncf"`` or a user's own).
+"""The interface every collaborative-filtering backbone implements (the registry that finds
+backbones by name is :mod:`allmrec.cf.registry`).
 
 A-LLMRec needs exactly three things from a CF model, all defined here:
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ class CFConfig:
 
 
 class CFBackbone(nn.Module, ABC):
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the registry name (see allmrec.cf.registry)
     config_class: ClassVar[type[CFConfig]] = CFConfig
     batch_kind: ClassVar[str] = "sequence"
     padding_invariant: ClassVar[bool] = False
@@ -79,46 +79,3 @@ class CFBackbone(nn.Module, ABC):
     def prepare_training(self, train_users: torch.Tensor) -> None:
         """Called once by the trainer before training with the ``(n_users,)`` bool mask of the
         users whose sequences train the model (NCF uses it to know which user rows are learnt)."""
-
-
-_REGISTRY: dict[str, type[CFBackbone]] = {}
-
-
-def register_backbone(name: str):
-    """Class decorator: ``@register_backbone("mymodel")`` makes ``"mymodel"`` usable in configs."""
-
-    def deco(cls: type[CFBackbone]) -> type[CFBackbone]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"a CF backbone named {name!r} is already registered ({_REGISTRY[name].__qualname__})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def get_backbone_class(name: str) -> type[CFBackbone]:
-    _load_builtin()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown CF backbone {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def available_backbones() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def build_backbone(name: str, **options: Any) -> CFBackbone:
-    cls = get_backbone_class(name)
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    unknown = set(options) - fields
-    if unknown:
-        raise ValueError(f"unknown option(s) for backbone {name!r}: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(fields))}")
-    return cls(cls.config_class(**options))
-
-
-def _load_builtin() -> None:
-    # Importing the modules runs their @register_backbone decorators.
-    from allmrec.cf import gru4rec, ncf, nextitnet, sasrec  # noqa: F401

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from allmrec.cf.base import CFConfig, register_backbone
+from allmrec.cf.base import CFConfig
 from allmrec.cf.sequential import SequentialBackbone
 
 
@@ -30,8 +30,8 @@ class GRU4RecConfig(CFConfig):
     dropout: float = 0.3
 
 
-@register_backbone("gru4rec")
 class GRU4Rec(SequentialBackbone):
+    name: ClassVar[str] = "gru4rec"
     config_class: ClassVar[type[CFConfig]] = GRU4RecConfig
     padding_invariant: ClassVar[bool] = True
     config: GRU4RecConfig

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from allmrec.cf.base import CFConfig, register_backbone
+from allmrec.cf.base import CFConfig
 from allmrec.cf.sasrec import SASRec, SASRecConfig
 from allmrec.utils.fingerprint import state_fingerprint
 
@@ -115,8 +115,8 @@ class TextItemEmbedding(nn.Module):
             self._cache = None
 
 
-@register_backbone("morec")
 class MoRec(SASRec):
+    name: ClassVar[str] = "morec"
     config_class: ClassVar[type[CFConfig]] = MoRecConfig
     needs_item_text: ClassVar[bool] = True
     config: MoRecConfig

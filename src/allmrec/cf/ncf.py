@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allmrec.cf.base import CFBackbone, CFConfig, register_backbone
+from allmrec.cf.base import CFBackbone, CFConfig
 
 
 @dataclass
@@ -39,8 +39,8 @@ class NCFConfig(CFConfig):
     dropout: float = 0.0  # between MLP layers
 
 
-@register_backbone("ncf")
 class NCF(CFBackbone):
+    name: ClassVar[str] = "ncf"
     config_class: ClassVar[type[CFConfig]] = NCFConfig
     batch_kind: ClassVar[str] = "pointwise"
     padding_invariant: ClassVar[bool] = True

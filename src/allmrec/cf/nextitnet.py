@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allmrec.cf.base import CFConfig, register_backbone
+from allmrec.cf.base import CFConfig
 from allmrec.cf.sequential import SequentialBackbone
 
 
@@ -55,8 +55,8 @@ class _ResidualBlock(nn.Module):
         return x + h
 
 
-@register_backbone("nextitnet")
 class NextItNet(SequentialBackbone):
+    name: ClassVar[str] = "nextitnet"
     config_class: ClassVar[type[CFConfig]] = NextItNetConfig
     padding_invariant: ClassVar[bool] = True
     config: NextItNetConfig

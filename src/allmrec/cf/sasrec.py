@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allmrec.cf.base import CFConfig, register_backbone
+from allmrec.cf.base import CFConfig
 from allmrec.cf.sequential import SequentialBackbone
 
 
@@ -87,8 +87,8 @@ class _PointWiseFeedForward(nn.Module):
         return self.dropout2(self.fc2(F.relu(self.dropout1(self.fc1(x))))) + x
 
 
-@register_backbone("sasrec")
 class SASRec(SequentialBackbone):
+    name: ClassVar[str] = "sasrec"
     config_class: ClassVar[type[CFConfig]] = SASRecConfig
     padding_invariant: ClassVar[bool] = True
     supports_packing: ClassVar[bool] = True

@@ -48,3 +48,20 @@ def hit_interval(hits: np.ndarray, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (float(centre - half), float(centre + half))
+
+
+def metrics_from_columns(columns: dict[str, np.ndarray]) -> dict[str, object]:
+    """Metrics from per-user columns: ``rank`` (0-based rank of the truth) gives Hit@k / NDCG@k /
+    MRR with a Wilson 95% interval on Hit@1; ``gen_hit`` / ``gen_no_match`` give generation exact
+    match and the share of answers matching no candidate."""
+    out: dict[str, object] = {}
+    if "rank" in columns:
+        ranks = np.asarray(columns["rank"], dtype=np.int64)
+        out.update(ranking_metrics(ranks))
+        out["hit@1_ci95"] = list(hit_interval(ranks == 0))
+    if "gen_hit" in columns:
+        hits = np.asarray(columns["gen_hit"], dtype=bool)
+        out["users"] = float(len(hits))
+        out["gen_hit@1"] = float(hits.mean()) if len(hits) else None
+        out["gen_no_match"] = float(np.asarray(columns["gen_no_match"], dtype=bool).mean()) if len(hits) else None
+    return out

@@ -11,16 +11,6 @@ import torch
 from allmrec.utils.io import write_json
 
 DEFAULT_COLUMNS = ("hit@1", "hit@5", "hit@10", "ndcg@10", "mrr", "users")
-# How tables name CF backbones and A-LLMRec's stage-2 modes (docs/modes.md).
-BACKBONE_LABELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "nextitnet": "NextItNet", "ncf": "NCF", "morec": "MoRec"}
-MODE_LABELS = {"best": "best mode: listwise residual", "paper": "paper: LM loss", "listwise": "listwise"}
-
-
-def allmrec_label(mode: str, sbert: bool = False) -> str:
-    """``A-LLMRec (best mode: listwise residual)``, ``A-LLMRec (SBERT) (paper: LM loss)``, ..."""
-    return f"A-LLMRec{' (SBERT)' if sbert else ''} ({MODE_LABELS[mode]})"
-
-
 def machine_description() -> str:
     """A one-line description of where a number was measured."""
     import os

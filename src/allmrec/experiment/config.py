@@ -10,7 +10,7 @@ Layout (every key optional except ``base``; defaults below)::
     continue_on_error: false      # record a failing unit and go on instead of stopping
     base: {dataset, data, cf, text_encoder, stage1, llm, stage2, eval}   # a pipeline config
     eval: {split: test, mode: rank, max_users: 100, seed: 2024}
-    allmrec: {best: {...}, paper: {...}, paper_mode: true, variant_mode: best}
+    allmrec: {paper_mode: true, variant_mode: best}
     baselines: {enabled, cf: [...], morec, llm_only, mlp_llm, tallrec, tallrec_options: {...}}
     scenarios: {enabled, cold_warm, cold_users, few_shot: [256, 128], model_agnostic: [...],
                 cross_domain: {enabled, dataset, data, max_users}, max_users: {...}}
@@ -20,7 +20,7 @@ Layout (every key optional except ``base``; defaults below)::
     overrides: {paper: {...}, cf_baselines: {...}, morec: {...}, mlp_llm: {...},
                 ablations: {...}, few_shot: {...}, model_agnostic: {...}}
 
-``overrides.<group>`` are pipeline-config fragments (``{stage2: {max_steps: 50}}``) merged over
+``overrides.<group>`` are pipeline-config fragments (``{stage2: {train: {max_steps: 50}}}``) merged over
 ``base`` for that group's variants: the way to size each part's training separately.
 Errors name the file, the line and the field.
 """
@@ -35,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from allmrec.config import from_dict
+from allmrec.config import from_dict, merge, parse_sets
+from allmrec.pipeline.config import PipelineConfig, RunConfig
 
 PIPELINE_SECTIONS = ("dataset", "data", "cf", "text_encoder", "stage1", "llm", "stage2", "eval")
 STAGE1_ABLATIONS = {
@@ -45,9 +46,9 @@ STAGE1_ABLATIONS = {
     "frozen_encoder": {"stage1": {"freeze_text_encoder": True}},
 }
 STAGE2_ABLATIONS = {
-    "no_user": {"stage2": {"user_token": False}},
-    "no_joint": {"stage2": {"item_table": "zeros"}},
-    "random_joint": {"stage2": {"item_table": "random"}},
+    "no_user": {"stage2": {"model": {"user_token": False}}},
+    "no_joint": {"stage2": {"model": {"item_table": "zeros"}}},
+    "random_joint": {"stage2": {"model": {"item_table": "random"}}},
 }
 OVERRIDE_GROUPS = ("paper", "cf_baselines", "morec", "mlp_llm", "ablations", "few_shot", "model_agnostic")
 SCENARIO_SAMPLES = ("overall", "cold_items", "warm_items", "cold_users", "few_shot", "model_agnostic", "cross_domain")
@@ -72,10 +73,9 @@ class EvalSection:
 
 @dataclass
 class AllmrecSection:
-    """The two A-LLMRec stage-2 modes (``stage2`` overrides) and which one the other parts use."""
+    """Which A-LLMRec stage-2 modes run (:data:`allmrec.align.stage2.MODES`): the best mode always,
+    the paper's LM-loss mode as an extra variant, and which one the other parts use."""
 
-    best: dict[str, Any] = field(default_factory=lambda: {"objective": "listwise", "residual": True, "train_target": "valid", "train_projectors": False})
-    paper: dict[str, Any] = field(default_factory=lambda: {"objective": "lm", "residual": False, "train_target": "train", "train_projectors": True})
     paper_mode: bool = True  # also train and evaluate the paper's LM-loss mode
     variant_mode: str = "best"  # mode of MLP-LLM, ablations, model-agnostic, few-shot: best | paper
 
@@ -169,8 +169,10 @@ class ExperimentConfig:
         name = str((self.base.get("data") or {}).get("name") or self.dataset_name).lower()
         return PAPER_DATASETS.get(name) or PAPER_DATASETS.get(self.dataset_name.lower())
 
-    def stage2_mode(self, mode: str) -> dict[str, Any]:
-        return dict(self.allmrec.best if mode == "best" else self.allmrec.paper)
+    @staticmethod
+    def stage2_mode(mode: str) -> dict[str, Any]:
+        """The ``stage2`` fragment that selects ``mode``."""
+        return {"mode": mode}
 
 
 class ExperimentConfigError(ValueError):
@@ -184,7 +186,7 @@ def load_experiment(path: str | Path, sets: list[str] | tuple[str, ...] = ()) ->
     ----------
     path : the YAML file.
     sets : ``key.path=value`` overrides (values parsed as YAML), e.g. ``ablations.enabled=false``
-        or ``base.stage2.max_steps=20``.
+        or ``base.stage2.train.max_steps=20``.
 
     Relative data paths are resolved against the current folder (as the pipeline does) so the
     variants' saved configs work from anywhere.
@@ -201,9 +203,7 @@ def load_experiment(path: str | Path, sets: list[str] | tuple[str, ...] = ()) ->
     if not isinstance(data, dict):
         raise ExperimentConfigError(f"{path}:1: the top level must be a mapping (name, base, baselines, ...)")
     lines = _key_lines(text)
-    for item in sets:
-        key, value = _parse_set(item)
-        _set_path(data, key.split("."), value)
+    data = merge(data, parse_sets(list(sets)))
     return parse_experiment(data, where=str(path), lines=lines, default_name=path.stem)
 
 
@@ -228,7 +228,7 @@ def parse_experiment(data: dict[str, Any], where: str = "experiment", lines: dic
         if group not in OVERRIDE_GROUPS:
             fail(("overrides", group), f"unknown group; valid: {', '.join(OVERRIDE_GROUPS)}")
         if not isinstance(fragment, dict):
-            fail(("overrides", group), "expected a pipeline-config fragment such as {stage2: {max_steps: 50}}")
+            fail(("overrides", group), "expected a pipeline-config fragment such as {stage2: {train: {max_steps: 50}}}")
         for key in fragment:
             if key.split(".")[0] not in PIPELINE_SECTIONS:
                 fail(("overrides", group, key), f"unknown pipeline section; valid: {', '.join(PIPELINE_SECTIONS)}")
@@ -239,9 +239,7 @@ def parse_experiment(data: dict[str, Any], where: str = "experiment", lines: dic
         section = str(err).removeprefix(f"{where}: ").split(":")[0].strip()
         fail((section,), str(err).removeprefix(f"{where}: {section}: ").removeprefix(f"{where}: "))
     cfg.name = cfg.name or default_name
-    from allmrec.pipeline import PipelineConfig
-
-    cfg.base = merge_config(dataclasses.asdict(PipelineConfig()), cfg.base)  # the pipeline's defaults under the file's values
+    cfg.base = merge(dataclasses.asdict(PipelineConfig()), cfg.base)  # the pipeline's defaults under the file's values
     _check_values(cfg, fail)
     _resolve_paths(cfg)
     if cfg.scenarios.enabled and cfg.scenarios.cold_users > 0:
@@ -311,19 +309,16 @@ def _check_values(cfg: ExperimentConfig, fail) -> None:
     if int(cfg.genres.users) < 1:
         fail(("genres", "users"), f"must be >= 1, got {cfg.genres.users}")
     if cfg.baselines.enabled and cfg.baselines.tallrec and cfg.baselines.tallrec_options:
-        _check_optional_dataclass("allmrec.baselines.tallrec", "TallrecConfig", cfg.baselines.tallrec_options, ("baselines", "tallrec_options"), fail)
+        from allmrec.baselines.tallrec import TallrecConfig
+
+        _check_options(TallrecConfig, cfg.baselines.tallrec_options, ("baselines", "tallrec_options"), fail)
     if cfg.genres.enabled and cfg.genres.options:
-        _check_optional_dataclass("allmrec.eval.genres", "GenreConfig", cfg.genres.options, ("genres", "options"), fail)
+        from allmrec.experiment.genres import GenreConfig
+
+        _check_options(GenreConfig, cfg.genres.options, ("genres", "options"), fail)
 
 
-def _check_optional_dataclass(module: str, name: str, options: dict[str, Any], keys: tuple[str, ...], fail) -> None:
-    """Check options of a config class from a module that may not exist yet (then: unchecked)."""
-    import importlib
-
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return
+def _check_options(cls: type, options: dict[str, Any], keys: tuple[str, ...], fail) -> None:
     try:
         from_dict(cls, options, where=".".join(keys))
     except (TypeError, ValueError) as err:
@@ -333,34 +328,21 @@ def _check_optional_dataclass(module: str, name: str, options: dict[str, Any], k
 def _check_pipeline(cfg: ExperimentConfig, fail) -> None:
     """Build every option dataclass of ``base`` (and of ``base`` + each override group) once, so
     a bad option fails now and not an hour into the run."""
-    from allmrec.pipeline import Pipeline
-
     fragments = [((), {})] + [(("overrides", g), f) for g, f in cfg.overrides.items()]
-    for mode in ("best", "paper"):
-        fragments.append((("allmrec", mode), {"stage2": cfg.stage2_mode(mode)}))
+    fragments += [(("allmrec",), {"stage2": cfg.stage2_mode(mode)}) for mode in ("best", "paper")]
     for keys, fragment in fragments:
-        pipe = Pipeline(merge_config(cfg.base, fragment), Path("."))
-        for section, build in (("data", pipe.data_config), ("cf", pipe.cf_config), ("stage1", lambda: pipe.stage1_config().validate()),
-                               ("stage2", pipe.stage2_config), ("eval", pipe.eval_options), ("llm", lambda: _llm_config(pipe))):
+        run = RunConfig(merge(cfg.base, fragment))
+        for section, build in (("data", run.data), ("cf", run.cf), ("stage1", run.stage1), ("stage2", run.stage2), ("eval", run.eval), ("llm", run.llm)):
             try:
                 build()
             except (TypeError, ValueError, KeyError, FileNotFoundError) as err:
-                msg = str(err).removeprefix(f"{section}: ")
-                fail(keys + (section,) if keys else ("base", section), msg)
-
-
+                fail(keys + (section,) if keys else ("base", section), str(err).removeprefix(f"{section}: "))
     cd = cfg.scenarios.cross_domain
     if cfg.scenarios.enabled and cd.enabled:
         try:
-            Pipeline({"dataset": cd.dataset, "data": cd.data}, Path(".")).data_config()
+            RunConfig({"dataset": cd.dataset, "data": cd.data}).data()
         except (TypeError, ValueError, KeyError, FileNotFoundError) as err:
             fail(("scenarios", "cross_domain"), str(err))
-
-
-def _llm_config(pipe) -> Any:
-    from allmrec.llm import LLMConfig
-
-    return from_dict(LLMConfig, pipe.section("llm"), where="llm")
 
 
 def _resolve_paths(cfg: ExperimentConfig) -> None:
@@ -372,37 +354,6 @@ def _resolve_paths(cfg: ExperimentConfig) -> None:
     p = llm.get("name_or_path")
     if p and p != "default" and Path(str(p)).exists():
         llm["name_or_path"] = str(Path(str(p)).resolve())
-
-
-# ---- merging and --set ---------------------------------------------------------------------------
-def merge_config(base: dict[str, Any], *fragments: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``base`` with each fragment merged over it (dotted keys allowed)."""
-    out = copy.deepcopy(base)
-    for fragment in fragments:
-        for key, value in (fragment or {}).items():
-            _set_path(out, str(key).split("."), copy.deepcopy(value), merge=True)
-    return out
-
-
-def _set_path(data: dict[str, Any], keys: list[str], value: Any, merge: bool = False) -> None:
-    node = data
-    for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
-            node[k] = {}
-        node = node[k]
-    last = keys[-1]
-    if merge and isinstance(value, dict) and isinstance(node.get(last), dict):
-        for k, v in value.items():
-            _set_path(node[last], str(k).split("."), v, merge=True)
-    else:
-        node[last] = value
-
-
-def _parse_set(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ExperimentConfigError(f"--set expects key.path=value, got {item!r}")
-    key, value = item.split("=", 1)
-    return key.strip(), (yaml.safe_load(value) if value.strip() else None)
 
 
 # ---- YAML line numbers ------------------------------------------------------------------------------

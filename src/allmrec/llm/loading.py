@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from allmrec.utils.paths import cache_dir
+from allmrec.utils.runtime import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ class LLMConfig:
     gguf_file : str
         File name of the GGUF inside a folder/hub repo (empty: none, or implied by a ``.gguf`` path).
     dtype : str
-        ``"auto"`` (bfloat16 on CPU, where AMX makes it ~5x faster than float32; bfloat16 on CUDA
-        when supported, else float16), ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+        ``"auto"`` (bfloat16 on a CPU that runs it natively, AVX512-BF16 or AMX, float32 on
+        others, where bfloat16 is emulated and ~60x slower; bfloat16 on CUDA when supported,
+        else float16), ``"bfloat16"``, ``"float16"`` or ``"float32"``.
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``).
     cache : bool
@@ -78,9 +80,9 @@ def resolve_device(device: str) -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype != "auto":
         return DTYPES[dtype]
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
 def bundled_llm_folder() -> Path:

@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_WORDING = {"item": "item", "items": "items", "verb_past": "bought", "verb_next": "buy"}
+from allmrec.data.config import DEFAULT_WORDING  # the dataset's wording defaults (one definition)
+from allmrec.utils.seed import rng
+
 STYLES = ("soft", "text")
 USER_MARK = "[UserRep]"
 ITEM_MARK = "[ItemEmb]"
@@ -158,7 +160,7 @@ def history_parts(history: Sequence[int], titles: Sequence[str], wording: dict[s
     """The opening every prompt shares: the user soft token and its sentence (``"soft"`` style
     with ``user_token``), then "This user has <verb_past> <last history_len titles> in the past."
 
-    Prompts for other questions (e.g. :mod:`allmrec.eval.genres`) continue from these parts with
+    Prompts for other questions (e.g. :mod:`allmrec.experiment.genres`) continue from these parts with
     :func:`append_text`, so they show the history exactly as :func:`build_prompt` does.
     """
     config = config or PromptConfig()
@@ -214,10 +216,16 @@ def build_prompt(
     return Prompt(parts=parts, candidates=candidates, answers=answers, target_item=target_item, target=target)
 
 
-def shuffled_candidates(candidates: Sequence[int], rng: np.random.Generator) -> list[int]:
+def display_order(candidates: Sequence[int], seed: int, key: Any) -> np.ndarray:
+    """The seeded permutation that shows ``candidates`` in a prompt (``shown = cands[perm]``);
+    ``key`` names the row (``"<split>:<user>"``), so every method shows a user's candidates alike."""
+    return rng(seed, "prompt-order", str(key)).permutation(len(candidates))
+
+
+def shuffled_candidates(candidates: Sequence[int], gen: np.random.Generator) -> list[int]:
     """``candidates`` in a random (seeded) order: prompts must not reveal the truth's position."""
     arr = np.asarray(candidates, dtype=np.int64)
-    return [int(i) for i in arr[rng.permutation(len(arr))]]
+    return [int(i) for i in arr[gen.permutation(len(arr))]]
 
 
 def build_prompts(

@@ -18,7 +18,7 @@ from torch import nn
 from allmrec.llm.splice import IGNORE, SplicedBatch
 
 
-def _body_and_head(llm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+def body_and_head(llm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     cfg = getattr(llm, "config", None)
     if cfg is not None and (getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)):
         return None
@@ -39,7 +39,7 @@ def label_logprobs(llm: nn.Module, batch: SplicedBatch) -> tuple[torch.Tensor, t
     """
     target = batch.labels[:, 1:]
     mask = target != IGNORE
-    parts = _body_and_head(llm)
+    parts = body_and_head(llm)
     kwargs = dict(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
     if parts is not None:
         body, head = parts

@@ -1,25 +1,8 @@
-"""Inference with the frozen LLM: likelihood ranking, greedy generation + exact matching."""
+"""Recommenders: one interface (:class:`Recommender`), a CF model's and an LLM's implementation."""
 
-from allmrec.recommend.inference import (
-    InferenceConfig,
-    ProjectedSoftTokens,
-    SoftTokenSource,
-    evaluate_llm,
-    generate_recommendations,
-    rank_candidates,
-)
-from allmrec.recommend.matching import extract_answer, match_candidates, normalize_title
-from allmrec.recommend.recommender import Recommender
+from allmrec.llm.matching import extract_answer, match_candidates, normalize_title
+from allmrec.recommend.base import Recommender
+from allmrec.recommend.cf import CFRecommender
+from allmrec.recommend.llm import LLMRecommender
 
-__all__ = [
-    "InferenceConfig",
-    "ProjectedSoftTokens",
-    "Recommender",
-    "SoftTokenSource",
-    "evaluate_llm",
-    "extract_answer",
-    "generate_recommendations",
-    "match_candidates",
-    "normalize_title",
-    "rank_candidates",
-]
+__all__ = ["CFRecommender", "LLMRecommender", "Recommender", "extract_answer", "match_candidates", "normalize_title"]

@@ -24,9 +24,14 @@ def rng(seed: int, *stream: int | str) -> np.random.Generator:
     return np.random.default_rng(keys)
 
 
+def torch_seed(seed: int, *stream: int | str) -> int:
+    """A torch seed for ``(seed, *stream)`` (``torch.manual_seed(torch_seed(seed, "dropout", epoch))``)."""
+    return int(rng(seed, *stream).integers(0, 2**63 - 1))
+
+
 def torch_generator(seed: int, *stream: int | str) -> torch.Generator:
     g = torch.Generator()
-    g.manual_seed(int(rng(seed, *stream).integers(0, 2**63 - 1)))
+    g.manual_seed(torch_seed(seed, *stream))
     return g
 
 

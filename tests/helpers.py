@@ -1,5 +1,5 @@
-"""Helpers for tests and quick demos: the bundled LLM loaded once per process, a tiny synthetic
-dataset with short distinct titles, and a tiny CF backbone. Not used by the library itself."""
+"""Test helpers: the bundled LLM loaded once per process, a tiny synthetic dataset with short
+distinct titles, and a tiny CF backbone."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def converted_llm_cached(config: LLMConfig | None = None) -> bool:
 
 
 @functools.cache
-def shared_test_llm(fallback_home: str, dtype: str = "bfloat16") -> tuple[nn.Module, object]:
+def shared_test_llm(fallback_home: str, dtype: str = "auto") -> tuple[nn.Module, object]:
     """The bundled SmolLM2 on CPU, loaded once per process.
 
     Uses the cache of an explicitly set ``ALLMREC_HOME`` (e.g. CI's) or the user's converted

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from allmrec.llm.scoring import _body_and_head
+from allmrec.llm.scoring import body_and_head
 from allmrec.llm.splice import SplicedBatch
 
 
@@ -67,7 +67,7 @@ def candidate_states(llm: nn.Module, batch: SplicedBatch, n_candidates: int) -> 
     (the candidates' item tokens, in display order) ``(B, C, H)`` and at its last real position
     ``(B, H)``. The batch must hold prompts only (no targets)."""
     kwargs = dict(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
-    parts = _body_and_head(llm)
+    parts = body_and_head(llm)
     if parts is not None:
         hidden = parts[0](**kwargs).last_hidden_state
     else:

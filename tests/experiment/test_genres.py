@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import allmrec.eval.genres as genres_mod
+import allmrec.experiment.genres as genres_mod
 from allmrec.align import Stage2Model
-from allmrec.eval.genres import (
+from allmrec.experiment.genres import (
     GenreConfig,
     build_genre_prompt,
     favourite_genres,
@@ -18,7 +18,7 @@ from allmrec.eval.genres import (
     top_genres,
 )
 from allmrec.llm import PromptConfig, SoftToken, build_prompt
-from allmrec.llm.testing import tiny_cf, tiny_dataset
+from helpers import tiny_cf, tiny_dataset
 
 ML_GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 MOVIES = {"item": "movie", "items": "movies", "verb_past": "watched", "verb_next": "watch"}

@@ -305,33 +305,40 @@ def favourite_genres(
         ``user``, ``history_titles`` (the last 5 shown), ``offered``, ``truth``, ``generated``,
         ``parsed``.
     """
-    from allmrec.recommend.inference import ProjectedSoftTokens  # here: recommend imports eval
-
     config = config or GenreConfig()
     genres_of = item_genres(dataset, config.field)
     global_counts = global_genre_counts(dataset, genres_of)
     vocab = list(global_counts)
-    popular = vocab[: config.k]
-    matcher = genre_matcher(vocab)
     users = list(range(dataset.n_users)) if users is None else [int(u) for u in users]
     histories = [dataset.history(u, "test") for u in users]
+    prompt_cfg, source = _prompt_and_soft_tokens(stage2, cf_model, joint_items, config)
+    offered = [offered_genres(vocab, u, config) for u in users]
+    texts = _answers(dataset, llm, tokenizer, users, histories, offered, prompt_cfg, source, genre_matcher(vocab), config)
+    result = _score(dataset, users, histories, offered, texts, genres_of, global_counts, config, n_examples)
+    return {**result, "method": "a-llmrec" if stage2 is not None else "llm-only"}
 
-    source = None
-    if stage2 is not None:
-        if joint_items is None:
-            raise ValueError("favourite_genres with a stage-2 model needs joint_items (the (n_items + 1, d') joint embedding table)")
-        base = stage2.prompt_config()
-        prompt_cfg = PromptConfig(style="soft", history_len=config.history_len, max_title_tokens=config.max_title_tokens, item_token=base.item_token, user_token=base.user_token)
-        if prompt_cfg.user_token and cf_model is None:
-            raise ValueError("this stage-2 model puts a user soft token first: favourite_genres needs cf_model for x^u")
-        source = ProjectedSoftTokens(stage2, joint_items, cf_model)
-    else:
-        prompt_cfg = PromptConfig(style="text", history_len=config.history_len, max_title_tokens=config.max_title_tokens)
 
+def _prompt_and_soft_tokens(stage2: Any | None, cf_model: nn.Module | None, joint_items: torch.Tensor | None, config: GenreConfig):
+    """The prompt settings and the soft-token source of A-LLMRec (``stage2``) or LLM-Only."""
+    if stage2 is None:
+        return PromptConfig(style="text", history_len=config.history_len, max_title_tokens=config.max_title_tokens), None
+    from allmrec.align.stage2.scoring import Stage2Scorer
+
+    if joint_items is None:
+        raise ValueError("favourite_genres with a stage-2 model needs joint_items (the (n_items + 1, d') joint embedding table)")
+    base = stage2.prompt_config()
+    prompt_cfg = PromptConfig(style="soft", history_len=config.history_len, max_title_tokens=config.max_title_tokens, item_token=base.item_token, user_token=base.user_token)
+    if prompt_cfg.user_token and cf_model is None:
+        raise ValueError("this stage-2 model puts a user soft token first: favourite_genres needs cf_model for x^u")
+    return prompt_cfg, Stage2Scorer(stage2, joint_items, cf_model)
+
+
+def _answers(dataset: SequenceDataset, llm: nn.Module, tokenizer: Any, users: list[int], histories: list[np.ndarray], offered: list[list[str]],
+             prompt_cfg: PromptConfig, source: Any, matcher: tuple[re.Pattern[str], list[str]], config: GenreConfig) -> list[str]:
+    """The LLM's greedy answer for each user (until ``k`` genres are named)."""
     shown_titles = display_titles(dataset.titles, tokenizer, config.max_title_tokens)
     embedding = llm.get_input_embeddings()
     batch_size = config.batch_size or (8 if embedding.weight.device.type == "cuda" else 1)
-    offered = [offered_genres(vocab, u, config) for u in users]
     texts: list[str] = [""] * len(users)
     was_training = llm.training
     llm.eval()
@@ -347,35 +354,29 @@ def favourite_genres(
                 texts[r] = tokenizer.decode(out[k], skip_special_tokens=True).strip()
     finally:
         llm.train(was_training)
+    return texts
 
+
+def _score(dataset: SequenceDataset, users: list[int], histories: list[np.ndarray], offered: list[list[str]], texts: list[str],
+           genres_of: list[list[str]], global_counts: dict[str, int], config: GenreConfig, n_examples: int) -> dict[str, Any]:
+    """Precision@k of the parsed answers against each user's top genres, and the baselines."""
+    vocab = list(global_counts)
+    popular, matcher, k = vocab[: config.k], genre_matcher(vocab), config.k
     precision, covered, pop_precision, copied, examples = [], [], [], [], []
     for i, u in enumerate(users):
-        truth = top_genres(histories[i], genres_of, config.k, global_counts)
+        truth = top_genres(histories[i], genres_of, k, global_counts)
         parsed = parse_genres(texts[i], vocab, matcher)
-        precision.append(precision_at_k(parsed, truth, config.k))
+        precision.append(precision_at_k(parsed, truth, k))
         covered.append(bool(parsed))
-        pop_precision.append(precision_at_k(popular, truth, config.k))
-        copied.append(parsed[: config.k] == offered[i][: config.k])
+        pop_precision.append(precision_at_k(popular, truth, k))
+        copied.append(parsed[:k] == offered[i][:k])
         if len(examples) < n_examples:
             shown = [int(j) for j in histories[i]][-min(5, config.history_len) :]
-            examples.append(
-                {"user": u, "history_titles": [dataset.titles[j] for j in shown], "offered": offered[i], "truth": truth, "generated": texts[i], "parsed": parsed}
-            )
+            examples.append({"user": u, "history_titles": [dataset.titles[j] for j in shown], "offered": offered[i], "truth": truth, "generated": texts[i],
+                             "parsed": parsed})
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
-    k = config.k
-    return {
-        "precision@k": mean(precision),
-        "coverage": mean(covered),
-        "popularity_precision@k": mean(pop_precision),
-        "copied_list@k": mean(copied),
-        "users": len(users),
-        "method": "a-llmrec" if stage2 is not None else "llm-only",
-        "k": k,
-        "genres": vocab,
-        "popularity": popular,
-        "config": asdict(config),
-        "examples": examples,
-    }
+    return {"precision@k": mean(precision), "coverage": mean(covered), "popularity_precision@k": mean(pop_precision), "copied_list@k": mean(copied),
+            "users": len(users), "k": k, "genres": vocab, "popularity": popular, "config": asdict(config), "examples": examples}
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-from allmrec.recommend import extract_answer, match_candidates, normalize_title
+from allmrec.llm.matching import extract_answer, match_candidates, normalize_title
 
 
 def test_normalize_title():
@@ -25,7 +25,7 @@ def test_matching_is_exact_not_substring():
 
 
 def test_generation_may_stop_once_the_answer_cannot_change():
-    from allmrec.recommend.inference import answer_complete
+    from allmrec.llm.reader import answer_complete
 
     for text in [' "Heat"', ' to buy "Heat" next', " Heat\nmore"]:
         assert answer_complete(text)

@@ -1,0 +1,93 @@
+"""Cross-domain transfer (paper Table 5): a model trained on one dataset scores another without
+training. Target items get their embeddings from their text through the source's stage 1."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from allmrec.data.dataset import SequenceDataset
+from allmrec.experiment.plan import Unavailable
+
+
+def needed_items(dataset: SequenceDataset, users: np.ndarray, split: str, max_len: int) -> np.ndarray:
+    """Items a model reads to score ``users`` on ``split``: their recent history and candidates."""
+    items: set[int] = set()
+    cands = dataset.candidates(split)
+    for u in users:
+        items.update(int(i) for i in dataset.history(int(u), split)[-max_len:])
+        items.update(int(i) for i in cands[int(u)])
+    items.discard(0)
+    return np.array(sorted(items), dtype=np.int64)
+
+
+@torch.no_grad()
+def text_derived_tables(stage1: tuple[Any, Any, Any], dataset: SequenceDataset, items: np.ndarray) -> dict[str, torch.Tensor]:
+    """Item tables of a target-domain dataset derived from its item texts with a source stage 1
+    (``(model, text_encoder, config)``).
+
+    Returns ``q`` (``f_T^enc(Q)``, A-LLMRec (SBERT)), ``cf`` (``f_I^dec(q)``: a CF item table in
+    the source CF model's space) and ``e`` (``f_I^enc(f_I^dec(q))``: the joint embedding the
+    item encoder gives that table). Rows outside ``items`` (and row 0) are zeros.
+    """
+    model, encoder, _ = stage1
+    n = dataset.n_items + 1
+    q = torch.zeros(n, model.d_latent)
+    cf = torch.zeros(n, model.d_cf)
+    e = torch.zeros(n, model.d_latent)
+    if len(items):
+        idx = torch.as_tensor(items, dtype=torch.long)
+        text = encoder.encode([dataset.texts[int(i)] for i in items], batch_size=64).float()
+        q_rows = model.encode_texts(text)
+        cf_rows = model.item_decoder(q_rows)
+        q[idx], cf[idx], e[idx] = q_rows, cf_rows, model.encode_items(cf_rows)
+    return {"q": q, "cf": cf, "e": e}
+
+
+def transplant_cf(cf_model: Any, dataset: SequenceDataset, item_table: torch.Tensor) -> Any:
+    """A copy of a sequential CF model for another catalogue: every weight kept except the item
+    table, which becomes ``item_table`` ``(n_items + 1, dim)`` of ``dataset``."""
+    if not hasattr(cf_model, "item_emb"):
+        raise Unavailable(f"CF backbone {getattr(cf_model, 'name', type(cf_model).__name__)!r} has no item table to swap "
+                          "(only sequential backbones transfer across catalogues)")
+    config = dataclasses.replace(cf_model.config, n_items=dataset.n_items, n_users=dataset.n_users)
+    new = type(cf_model)(config)
+    src, dst = cf_model.state_dict(), new.state_dict()
+    tied = [k for k in dst if k != "item_emb.weight" and (k not in src or src[k].shape != dst[k].shape)]
+    if tied:
+        raise Unavailable(f"CF backbone {cf_model.name!r}: parameters tied to the source catalogue or users ({', '.join(tied[:3])})")
+    dst.update({k: src[k] for k in dst if k != "item_emb.weight"})
+    dst["item_emb.weight"] = item_table.to(dst["item_emb.weight"].dtype)
+    new.load_state_dict(dst)
+    return new.eval()
+
+
+def cross_recommender(method: str, source: Any, dataset: SequenceDataset, users: np.ndarray, split: str, seed: int, cache: dict[str, Any]):
+    """The recommender of ``method`` trained on ``source`` (its :class:`Resources`), moved onto
+    ``dataset``'s catalogue. ``cache`` keeps the moved CF model and tables for the same users."""
+    from allmrec.align.stage2.scoring import Stage2Scorer
+    from allmrec.experiment.store import stable_hash
+    from allmrec.llm.reader import PromptReader
+    from allmrec.methods.llm_only import text_prompt
+    from allmrec.recommend import CFRecommender, LLMRecommender
+
+    llm, tok = source.llm
+    if method == "llm-only":
+        return LLMRecommender(PromptReader(llm, tok, dataset.titles, dataset.wording, text_prompt(source), seed=seed, progress=True))
+    key = f"{source.folder.root}:{stable_hash(users.tolist())}"
+    if key not in cache:
+        cf = source.cf
+        tables = text_derived_tables(source.stage1, dataset, needed_items(dataset, users, split, int(getattr(cf.config, "max_len", 50))))
+        cache.clear()
+        cache[key] = (transplant_cf(cf, dataset, tables["cf"]), tables)
+    cf_t, tables = cache[key]
+    if method == "cf":
+        return CFRecommender(cf_t)
+    from allmrec.align.stage2 import load_stage2
+
+    stage2 = load_stage2(source.folder.stage2, llm=llm)
+    scorer = Stage2Scorer(stage2, tables["e"] if method == "allmrec" else tables["q"], cf_t)
+    return LLMRecommender(PromptReader(llm, tok, dataset.titles, dataset.wording, stage2.prompt_config(), scorer, seed=seed, progress=True))
