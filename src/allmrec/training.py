@@ -158,7 +158,7 @@ def is_finished(out_dir: str | Path) -> bool:
 
 def _fresh_state(task: TrainingTask) -> dict[str, Any]:
     return {"format": task.format, "step": 0, "epoch": 0, "history": [], "loss_log": [], "epoch_loss": {}, "curve": [], "seconds": 0.0,
-            "best": None, "bad_evals": 0}
+            "best": None, "bad_evals": 0, "log_window": []}
 
 
 class _Loop:
@@ -167,7 +167,6 @@ class _Loop:
     def __init__(self, task: TrainingTask, options: LoopOptions, out: Path | None, state: dict[str, Any], steps_per_epoch: int, total: int) -> None:
         self.task, self.opt, self.out, self.state = task, options, out, state
         self.steps_per_epoch, self.total = steps_per_epoch, total
-        self.window: list[float] = []
         self.started = time.perf_counter() - float(state["seconds"])
 
     def run(self) -> None:
@@ -210,13 +209,14 @@ class _Loop:
             raise FloatingPointError(f"{self.task.name}: non-finite loss {loss} at step {self.state['step']}")
         st = self.state
         st["step"] += 1
-        self.window.append(loss)
+        window = st["log_window"]  # losses not logged yet (kept in checkpoints, so a resumed log is the same)
+        window.append(loss)
         ep = st["epoch_loss"].setdefault(str(epoch), [0.0, 0])
         ep[0] += loss
         ep[1] += 1
-        if len(self.window) >= self.opt.log_every or st["step"] == self.total:
-            st["loss_log"].append([st["step"], float(np.mean(self.window))])
-            self.window.clear()
+        if len(window) >= self.opt.log_every or st["step"] == self.total:
+            st["loss_log"].append([st["step"], float(np.mean(window))])
+            window.clear()
         st["seconds"] = time.perf_counter() - self.started
 
     def end_epoch(self, epoch: int, seconds: float) -> None:

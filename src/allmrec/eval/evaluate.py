@@ -9,7 +9,7 @@ recommenders that generate, ``gen_hit`` (the normalised answer equals the truth'
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,13 +17,15 @@ from allmrec.data.dataset import SequenceDataset
 from allmrec.data.queries import Queries
 from allmrec.eval.metrics import target_ranks
 from allmrec.llm.matching import normalize_title
-from allmrec.recommend.base import Recommender
+
+if TYPE_CHECKING:  # any object with score() (and, to generate, generate() and display_title())
+    from allmrec.recommend.base import Recommender
 
 log = logging.getLogger(__name__)
 MODES = ("rank", "generate", "both")
 
 
-def evaluate_users(recommender: Recommender, dataset: SequenceDataset, split: str, users: np.ndarray, mode: str = "rank",
+def evaluate_users(recommender: "Recommender", dataset: SequenceDataset, split: str, users: np.ndarray, mode: str = "rank",
                    outputs: list[dict[str, Any]] | None = None) -> dict[str, np.ndarray]:
     """Per-user columns of ``recommender`` on ``users`` of ``split`` (``mode``: rank, generate or
     both; generation is skipped, with a log line, for recommenders that only rank). Generated

@@ -69,6 +69,34 @@ def sequence_logprobs(llm: nn.Module, batch: SplicedBatch, length_normalize: boo
     return total
 
 
+def _pack_answers(answers: Sequence[Sequence[Sequence[int]]], pad_token_id: int):
+    """Each row's answers (all but their last token) packed into one sequence: ``(ids, offset
+    within its answer, owner answer, flat row / column / target token / candidate of every
+    scored position)``, or ``None`` when every answer is one token long."""
+    width = max(sum(len(a) - 1 for a in row) for row in answers)
+    if width == 0:
+        return None
+    bsz = len(answers)
+    ids = torch.full((bsz, width), pad_token_id, dtype=torch.long)
+    offset = torch.zeros((bsz, width), dtype=torch.long)
+    owner = torch.full((bsz, width), -1, dtype=torch.long)  # which answer a packed token belongs to
+    rows, cols, targets, cands = [], [], [], []
+    for b, row in enumerate(answers):
+        q = 0
+        for c, a in enumerate(row):
+            k = len(a) - 1
+            if k:
+                ids[b, q : q + k] = torch.tensor(a[:-1])
+                offset[b, q : q + k] = torch.arange(k)
+                owner[b, q : q + k] = c
+                rows += [b] * k
+                cols += range(q, q + k)
+                targets += a[1:]
+                cands += [c] * k
+            q += k
+    return ids, offset, owner, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets), torch.tensor(cands)
+
+
 @torch.no_grad()
 def score_answers(
     llm: nn.Module,
@@ -115,29 +143,10 @@ def score_answers(
     scores = first.gather(1, first_ids)  # (B, C)
     lengths = torch.tensor([[len(a) for a in row] for row in answers], dtype=torch.float32, device=device)
 
-    # Pack each row's answers (all but their last token) into one sequence.
-    packed = [[t for a in row for t in a[:-1]] for row in answers]
-    width = max(len(p) for p in packed)
-    if width > 0:
-        p_len = prefix.attention_mask.shape[1]
-        ids = torch.full((bsz, width), pad_token_id, dtype=torch.long)
-        offset = torch.zeros((bsz, width), dtype=torch.long)
-        owner = torch.full((bsz, width), -1, dtype=torch.long)  # which answer a packed token belongs to
-        rows, cols, targets, cands = [], [], [], []
-        for b, row in enumerate(answers):
-            q = 0
-            for c, a in enumerate(row):
-                k = len(a) - 1
-                if k:
-                    ids[b, q : q + k] = torch.tensor(a[:-1])
-                    offset[b, q : q + k] = torch.arange(k)
-                    owner[b, q : q + k] = c
-                    rows += [b] * k
-                    cols += range(q, q + k)
-                    targets += a[1:]
-                    cands += [c] * k
-                q += k
-        ids, offset, owner = ids.to(device), offset.to(device), owner.to(device)
+    packed = _pack_answers(answers, pad_token_id)
+    if packed is not None:
+        ids, offset, owner, rows, cols, targets, cands = (t.to(device) for t in packed)
+        width, p_len = ids.shape[1], prefix.attention_mask.shape[1]
         same = (owner[:, :, None] == owner[:, None, :]) & (owner[:, :, None] >= 0)
         causal = torch.arange(width, device=device)[None, :] <= torch.arange(width, device=device)[:, None]
         keep = torch.cat([prefix.attention_mask.bool()[:, None, :].expand(bsz, width, p_len), same & causal[None]], 2)
@@ -145,10 +154,8 @@ def score_answers(
         mask = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)[:, None]
         pos = prefix.attention_mask.sum(1, keepdim=True) + offset
         logits = llm(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values, use_cache=True).logits
-        r, q = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-        logp = logits[r, q].float().log_softmax(-1).gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
-        flat = scores.reshape(-1).index_add(0, r * n_cand + torch.tensor(cands, device=device), logp)
-        scores = flat.view(bsz, n_cand)
+        logp = logits[rows, cols].float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        scores = scores.reshape(-1).index_add(0, rows * n_cand + cands, logp).view(bsz, n_cand)
     if length_normalize:
         scores = scores / lengths
     return scores
