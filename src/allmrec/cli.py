@@ -44,8 +44,16 @@ def _pipeline(run: Optional[Path], config: Optional[Path], sets: Optional[list[s
     try:
         return Pipeline.from_sources(run=run, config_file=config, sets=sets or [], flags=flags)
     except (ValueError, KeyError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _error(err)
+
+
+def _error(err: BaseException) -> None:
+    """Print ``err`` as one ``error:`` line (its text escaped: a data file's content may look like
+    rich markup, and is never wrapped) and exit with code 2."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 def _guard(fn):
@@ -55,8 +63,7 @@ def _guard(fn):
     try:
         return fn()
     except (DataFormatError, ValueError, KeyError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _error(err)
 
 
 @app.command()
