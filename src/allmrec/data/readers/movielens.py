@@ -14,7 +14,7 @@ the file's number of fields (RecBole: the header's), and an id must not be empty
 the separator is found on the first line (``u.data`` tab, ``ratings.dat`` ``::``; anything
 else is an error naming the line); ratings are numbers from 0 to 5 and timestamps numbers
 >= 0; item files are read as UTF-8 when they are valid UTF-8 (a re-saved copy) and as
-latin-1 (the GroupLens original) otherwise. RecBole: header names must be unique; ratings
+latin-1 (the GroupLens original) otherwise. RecBole: the header must be tab-separated and its names unique; ratings
 and timestamps are any finite numbers (an empty rating is no rating).
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from allmrec.data.config import PrepareConfig
-from allmrec.data.raw import DataFormatError, RawData, TextEncodingError
+from allmrec.data.raw import DataFormatError, RawData, TextEncodingError, short
 from allmrec.data.readers._common import (check_items, finish_items, interactions_frame, no_such_column, numbered_lines,
                                           resolve_file, text_lines, to_float, to_id, to_int)
 
@@ -81,6 +81,9 @@ def read_atomic(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header names (types stripped) and the ``(line, fields)`` rows of an atomic file."""
     rows = split_lines(path, "\t", None)
     header_line, header = next(rows)  # an empty file raises EmptyFileError here
+    if len(header) == 1 and header[0].count(":") > 1:
+        raise DataFormatError(path, header_line, None, f"the header {short(header[0])} is one column: atomic files are "
+                                                       f"tab-separated")
     names = [h.split(":", 1)[0].strip() for h in header]
     for k, name in enumerate(names):
         if name in names[:k]:

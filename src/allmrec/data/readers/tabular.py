@@ -134,7 +134,8 @@ def _numbers(values: list[Any], path: Path, lines: np.ndarray, field: str, dates
     if dates and bad.any() and not num.notna().any():  # no numbers at all: dates -> Unix seconds
         when = pd.to_datetime(raw.where(raw != "", None), errors="coerce", utc=True, format="mixed")
         bad = (raw != "") & when.isna()
-        num = pd.Series((when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1), index=raw.index, dtype="float64")
+        epoch = pd.Timestamp("1970-01-01", tz="UTC").as_unit("s")  # second resolution: no overflow for year 1 or 9999
+        num = np.floor((when - epoch).dt.total_seconds())
     limit = float(INT64_MAX) if dates else np.inf
     bad |= num.notna() & ~(num.abs() < limit)
     if bad.any():
