@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from allmrec.data.config import PrepareConfig
-from allmrec.data.raw import DataFormatError, RawData, short
+from allmrec.data.raw import DataFormatError, EmptyFileError, RawData, short
 from allmrec.data.readers._common import (INT64_MAX, check_items, finish_items, interactions_frame, no_such_column,
                                           resolve_file, text_lines, to_id)
 
@@ -98,7 +98,8 @@ def _read_csv(path: Path, sep: str) -> tuple[Columns, np.ndarray]:
                 lines.append(line_no)
     except csv.Error as err:
         raise DataFormatError(path, start, None, f"malformed CSV ({err})") from None
-    assert header is not None  # text_lines raised EmptyFileError otherwise
+    if header is None:  # every line blank once parsed, e.g. only ""
+        raise EmptyFileError(path, None, None, "the file has no header")
     columns: Columns = {h: [r[k] for r in rows] for k, h in enumerate(header)}
     return columns, np.asarray(lines, dtype=np.int64)
 
