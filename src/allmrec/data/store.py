@@ -14,7 +14,8 @@ The fingerprint is a short sha256 of the canonical JSON of every option plus eac
 file's resolved path, size and modification time, so changing either prepares anew. The
 folder is written under a temporary name and renamed into place: a crash never leaves a
 half-written dataset, and an existing one is only replaced (``force``) once the new one is
-complete.
+complete. Bad input fails while reading, before anything is written: a failed ``prepare``
+leaves the cache as it was (``tests/data/test_fuzz.py`` checks it for every fuzz case).
 """
 
 from __future__ import annotations

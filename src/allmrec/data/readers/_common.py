@@ -144,13 +144,14 @@ def parse_object(line: str, path: Path, line_no: int, literal: bool = False) -> 
     try:
         rec = json.loads(line)
     except (json.JSONDecodeError, RecursionError) as err:
+        why = f"column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+        hint = "; the file must hold one object per line" if line.strip() in ("[", "{") else ""
         if not literal:
-            why = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
-            raise DataFormatError(path, line_no, None, f"not a valid JSON object ({why})") from None
+            raise DataFormatError(path, line_no, None, f"not a valid JSON object ({why}){hint}") from None
         try:
             rec = ast.literal_eval(line)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err2:
-            raise DataFormatError(path, line_no, None, f"neither JSON nor a Python dict literal ({type(err2).__name__})") from None
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise DataFormatError(path, line_no, None, f"neither a JSON object ({why}) nor a Python dict literal{hint}") from None
     if not isinstance(rec, dict):
         raise DataFormatError(path, line_no, None, f"expected an object, got {type(rec).__name__}")
     if "\\u" in line:  # an escape may have produced a lone surrogate, which no file format can store

@@ -60,7 +60,8 @@ def _read_parquet(path: Path) -> tuple[Columns, np.ndarray]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
-        raise DataFormatError(path, None, None, f"not a readable Parquet file ({short(str(err), 120)})") from None
+        why = str(err).rsplit(": ", 1)[-1][:120]  # the part after "Could not open <path>: ", if any
+        raise DataFormatError(path, None, None, f"not a readable Parquet file ({why})") from None
     columns: Columns = {}
     for name, col in zip(table.column_names, table.columns):
         if name in columns:
