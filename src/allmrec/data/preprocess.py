@@ -3,6 +3,8 @@
 Steps (each a small function, in this order):
 
 1. ``filter_rating``: keep ``rating >= min_rating`` (``>`` if strict); off by default.
+   Interactions without a rating fail the filter; their count is
+   ``stats["interactions_without_rating"]``.
 2. ``drop_repeats`` (optional): keep a user's first interaction with an item.
 3. ``k_core``: drop users and items with fewer than ``k`` interactions (rows), repeated until
    nothing changes.
@@ -13,6 +15,11 @@ Steps (each a small function, in this order):
    tie-break); without timestamps by file order alone.
 7. Ids: users ``0..n-1`` in order of first appearance in the source file; items ``1..n`` in
    order of first appearance when reading the users' chronological sequences user by user.
+
+Repairs the readers made (rows dropped or merged, see ``RawData.info``) are copied into the
+statistics and logged as one warning. When the data cannot make a dataset with these options
+(nothing left after filtering), :func:`build` raises
+:class:`~allmrec.data.raw.InsufficientDataError` naming the interactions file.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from allmrec.data.config import PrepareConfig
-from allmrec.data.raw import RawData
+from allmrec.data.raw import DataFormatError, InsufficientDataError, RawData
 from allmrec.data.template import ItemTemplate
 from allmrec.utils.seed import rng
 
@@ -150,6 +157,13 @@ def build(raw: RawData, config: PrepareConfig) -> Prepared:
         "metadata_items": len(raw.items),
     }
     stats.update(raw.info)
+    if raw.info:
+        log.warning("%s: input repaired: %s", config.name, ", ".join(f"{k}={v}" for k, v in raw.info.items()))
+    source = raw.files[0] if raw.files else "interactions"
+    if config.min_rating is not None:
+        if not raw.has_rating:
+            raise DataFormatError(source, None, "rating", "min_rating is set but the interactions have no ratings")
+        stats["interactions_without_rating"] = int(df["rating"].isna().sum())
     df = filter_rating(df, config.min_rating, config.min_rating_strict)
     stats["interactions_after_rating_filter"] = len(df)
     if config.drop_repeats:
@@ -168,7 +182,8 @@ def build(raw: RawData, config: PrepareConfig) -> Prepared:
                     config.name, len(short), MIN_LENGTH)
         df = df[~df["user_id"].isin(short)]
     if df.empty:
-        raise ValueError(f"{config.name}: no interactions left after filtering (k_core={config.k_core}, min_rating={config.min_rating})")
+        raise InsufficientDataError(source, None, None, f"no user keeps {MIN_LENGTH} interactions after filtering "
+                                                        f"(k_core={config.k_core}, min_rating={config.min_rating})")
 
     df = chronological(df)
     ucodes, user_ids = pd.factorize(df["user_id"])  # first appearance in file order (see chronological)

@@ -24,7 +24,13 @@ TEXT_COLUMNS = ("title", "description", "brand", "categories")
 
 
 class DataFormatError(ValueError):
-    """Bad input data. The message names the file, the 1-based line and the field."""
+    """Bad input data. The message names the file, the 1-based line and the field.
+
+    ``line`` is ``None`` where no line applies (an empty file, a broken gzip stream, a
+    Parquet file); ``field`` is ``None`` where the problem is the whole line (not JSON, a
+    wrong number of fields, undecodable bytes). The subclasses below name kinds of problem
+    a caller may want to tell apart; every other problem is a plain ``DataFormatError``.
+    """
 
     def __init__(self, file: str | Path, line: int | None, field: str | None, problem: str):
         self.file = str(file)
@@ -33,6 +39,32 @@ class DataFormatError(ValueError):
         where = self.file + (f", line {line}" if line is not None else "")
         what = f"field {field!r}: " if field else ""
         super().__init__(f"{where}: {what}{problem}")
+
+
+class TextEncodingError(DataFormatError):
+    """A line is not text in the expected encoding (the line and the byte are named)."""
+
+
+class CompressionError(DataFormatError):
+    """A gzip file is truncated or corrupt."""
+
+
+class EmptyFileError(DataFormatError):
+    """An input file has no non-blank line, or a table has no data row."""
+
+
+class UnknownItemError(DataFormatError):
+    """An interaction names an item the items file does not have (``missing_items: error``)."""
+
+
+class InsufficientDataError(DataFormatError):
+    """The input parses but too little is left to prepare a dataset with these options."""
+
+
+def short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages about huge values."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 @dataclass

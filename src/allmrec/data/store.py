@@ -14,7 +14,8 @@ The fingerprint is a short sha256 of the canonical JSON of every option plus eac
 file's resolved path, size and modification time, so changing either prepares anew. The
 folder is written under a temporary name and renamed into place: a crash never leaves a
 half-written dataset, and an existing one is only replaced (``force``) once the new one is
-complete.
+complete. Bad input fails while reading, before anything is written: a failed ``prepare``
+leaves the cache as it was (``tests/data/test_fuzz.py`` checks it for every fuzz case).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from allmrec.data.candidates import sample_candidates
 from allmrec.data.config import PrepareConfig
 from allmrec.data.dataset import SequenceDataset
 from allmrec.data.preprocess import build
+from allmrec.data.raw import InsufficientDataError
 from allmrec.data.readers import input_files, read_raw
 from allmrec.utils.io import read_json, write_json
 from allmrec.utils.paths import cache_dir
@@ -92,6 +94,7 @@ def prepare(config: PrepareConfig, cache_root: str | Path | None = None, force: 
     prep = build(raw, config)
     n_items = len(prep.items) - 1
     seqs = prep.sequences
+    _check_candidates(prep.seen, prep.user_ids, n_items, config.n_candidates, raw.files[0])
     valid_t = np.fromiter((s[-2] for s in seqs), dtype=np.int64, count=len(seqs))
     test_t = np.fromiter((s[-1] for s in seqs), dtype=np.int64, count=len(seqs))
     valid = sample_candidates(valid_t, prep.seen, n_items, config.n_candidates, rng(config.seed, "candidates", "valid"))
@@ -135,6 +138,17 @@ def prepare(config: PrepareConfig, cache_root: str | Path | None = None, force: 
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("prepared %s in %.1fs -> %s", config.name, stats["prepare_seconds"], final)
     return load_prepared(final)
+
+
+def _check_candidates(seen: list[np.ndarray], user_ids: np.ndarray, n_items: int, n_candidates: int, source: Path) -> None:
+    """Every user must leave ``n_candidates - 1`` items unseen to draw negatives from."""
+    unseen = n_items - np.fromiter((len(np.unique(s)) for s in seen), dtype=np.int64, count=len(seen))
+    short = np.flatnonzero(unseen < n_candidates - 1)
+    if short.size:
+        u = int(short[0])
+        raise InsufficientDataError(source, None, None, f"user {str(user_ids[u])!r} has seen {n_items - unseen[u]} of the {n_items} "
+                                                        f"items, too few are left for {n_candidates - 1} negative candidates "
+                                                        f"(lower n_candidates)")
 
 
 def _make_readable(folder: Path) -> None:

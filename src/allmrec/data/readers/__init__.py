@@ -6,7 +6,7 @@ from pathlib import Path
 from types import ModuleType
 
 from allmrec.data.config import PrepareConfig
-from allmrec.data.raw import RawData
+from allmrec.data.raw import EmptyFileError, RawData
 from allmrec.data.readers import amazon, movielens, sequences, tabular
 
 _READERS: dict[str, ModuleType] = {
@@ -26,9 +26,20 @@ def input_files(config: PrepareConfig) -> dict[str, Path]:
 
 
 def read_raw(config: PrepareConfig) -> RawData:
-    """Read the raw files of ``config`` with the reader of ``config.format``."""
+    """Read the raw files of ``config`` with the reader of ``config.format``.
+
+    Every problem with the files' content is a :class:`~allmrec.data.raw.DataFormatError`
+    (or a subclass) naming the file, the line and the field; an interactions file without
+    any interaction (only a header, or every row dropped as an unknown item) is an
+    :class:`~allmrec.data.raw.EmptyFileError`.
+    """
     reader = _READERS[config.format]
-    return reader.read(config, reader.files(config))
+    raw = reader.read(config, reader.files(config))
+    if raw.interactions.empty:
+        dropped = raw.info.get("interactions_unknown_item")
+        why = f" left: all {dropped} name unknown items" if dropped else " (only a header?)"
+        raise EmptyFileError(raw.files[0], None, None, f"no interactions{why}")
+    return raw
 
 
 __all__ = ["input_files", "read_raw"]

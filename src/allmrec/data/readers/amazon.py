@@ -13,12 +13,15 @@
 Every line may be JSON or a Python literal (both releases exist in both forms in the wild).
 Metadata keeps scalar and list-of-text fields; nested mappings (``related``, ``details``,
 ``salesRank``), lists of ASINs and image URLs are dropped. A repeated meta row keeps the first.
+
+Robustness (besides the rules in :mod:`allmrec.data.readers._common`): user, item and time are
+required on every review; ``overall`` / ``rating`` may be absent (no rating) but when present
+must be a number from 0 to 5; timestamps (seconds; 2023: ms) must be numbers >= 0.
+A line that is neither JSON nor a Python literal, or not an object, names its line.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,11 @@ import numpy as np
 import pandas as pd
 
 from allmrec.data.config import PrepareConfig
-from allmrec.data.raw import DataFormatError, RawData
+from allmrec.data.raw import RawData
 from allmrec.data.readers._common import (check_items, clean, finish_items, interactions_frame, numbered_lines,
-                                          require, resolve_file, to_float, to_int)
+                                          parse_object, resolve_file, to_float, to_id, to_int)
 
+STARS = (0.0, 5.0)  # the range of a review's rating
 _REVIEW_FIELDS = {  # format -> (user, item, rating, time)
     "amazon2014": ("reviewerID", "asin", "overall", "unixReviewTime"),
     "amazon2018": ("reviewerID", "asin", "overall", "unixReviewTime"),
@@ -53,45 +57,26 @@ def files(config: PrepareConfig) -> dict[str, Path]:
     }
 
 
-def parse_record(line: str, path: Path, line_no: int) -> dict[str, Any]:
-    """One line as a dict: strict JSON first, then a Python literal (2014 metadata)."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError:
-        try:
-            rec = ast.literal_eval(line)
-        except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
-            raise DataFormatError(path, line_no, None, f"neither JSON nor a Python dict literal ({type(err).__name__})") from None
-    if not isinstance(rec, dict):
-        raise DataFormatError(path, line_no, None, f"expected an object, got {type(rec).__name__}")
-    return rec
-
-
 def read_reviews(path: Path, fmt: str) -> tuple[pd.DataFrame, np.ndarray]:
     f_user, f_item, f_rating, f_time = _REVIEW_FIELDS[fmt]
     users, items, times, ratings, lines = [], [], [], [], []
     for line_no, line in numbered_lines(path):
-        rec = parse_record(line, path, line_no)
-        users.append(str(require(rec, f_user, path, line_no)))
-        items.append(str(require(rec, f_item, path, line_no)))
-        times.append(to_int(require(rec, f_time, path, line_no), path, line_no, f_time))
+        rec = parse_object(line, path, line_no, literal=True)
+        users.append(to_id(rec.get(f_user), path, line_no, f_user))
+        items.append(to_id(rec.get(f_item), path, line_no, f_item))
+        times.append(to_int(rec.get(f_time), path, line_no, f_time, lo=0))
         r = rec.get(f_rating)
-        ratings.append(np.nan if r is None else to_float(r, path, line_no, f_rating))
+        ratings.append(np.nan if r is None else to_float(r, path, line_no, f_rating, *STARS))
         lines.append(line_no)
     return interactions_frame(users, items, times, ratings), np.asarray(lines, dtype=np.int64)
 
 
-def read_meta(path: Path, fmt: str) -> tuple[pd.DataFrame, int]:
+def read_meta(path: Path, fmt: str) -> pd.DataFrame:
     id_field = "parent_asin" if fmt == "amazon2023" else "asin"
-    rows: dict[str, dict[str, str]] = {}
-    duplicates = 0
+    rows: list[dict[str, str]] = []
     for line_no, line in numbered_lines(path):
-        rec = parse_record(line, path, line_no)
-        item = str(require(rec, id_field, path, line_no))
-        if item in rows:
-            duplicates += 1
-            continue
-        row = {"item_id": item}
+        rec = parse_object(line, path, line_no, literal=True)
+        row = {"item_id": to_id(rec.get(id_field), path, line_no, id_field)}
         for key, value in rec.items():
             key = _META_RENAME.get(key, key)
             if key in _META_DROP or key in (id_field, "item_id", "asin", "parent_asin") or isinstance(value, dict):
@@ -100,14 +85,13 @@ def read_meta(path: Path, fmt: str) -> tuple[pd.DataFrame, int]:
                 row[key] = " ".join(s for s in (clean(v) for v in value) if s)
             elif key not in row or not row[key]:
                 row[key] = clean(value)
-        rows[item] = row
-    return pd.DataFrame(list(rows.values()) or {"item_id": []}), duplicates
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def read(config: PrepareConfig, paths: dict[str, Path]) -> RawData:
     inter, lines = read_reviews(paths["interactions"], config.format)
-    meta, duplicates = read_meta(paths["items"], config.format)
-    meta = finish_items(meta, config, paths["items"])
-    info: dict[str, Any] = {"duplicate_metadata_rows": duplicates} if duplicates else {}
+    info: dict[str, Any] = {}
+    meta = finish_items(read_meta(paths["items"], config.format), config, paths["items"], info)
     inter = check_items(inter, lines, meta, config, paths["interactions"], info)
     return RawData(inter, meta, files=[paths["interactions"], paths["items"]], info=info)

@@ -8,6 +8,14 @@
   ``u.item`` (``|`` separated, latin-1, 19 genre flags, names from ``u.genre`` when present),
   or ML-1M ``ratings.dat`` / ``movies.dat`` (``::`` separated, latin-1, genres ``A|B``).
   Genres become a ``genres`` text column ``"Animation, Children's, Comedy"``.
+
+Robustness (besides the rules in :mod:`allmrec.data.readers._common`): every line must have
+the file's number of fields (RecBole: the header's), and an id must not be empty. GroupLens:
+the separator is found on the first line (``u.data`` tab, ``ratings.dat`` ``::``; anything
+else is an error naming the line); ratings are numbers from 0 to 5 and timestamps numbers
+>= 0; item files are read as UTF-8 when they are valid UTF-8 (a re-saved copy) and as
+latin-1 (the GroupLens original) otherwise. RecBole: the header must be tab-separated and its names unique; ratings
+and timestamps are any finite numbers (an empty rating is no rating).
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ import numpy as np
 import pandas as pd
 
 from allmrec.data.config import PrepareConfig
-from allmrec.data.raw import DataFormatError, RawData
-from allmrec.data.readers._common import (check_items, finish_items, interactions_frame, numbered_lines, resolve_file,
-                                          to_float, to_int)
+from allmrec.data.raw import DataFormatError, RawData, TextEncodingError, short
+from allmrec.data.readers._common import (check_items, finish_items, interactions_frame, no_such_column, numbered_lines,
+                                          resolve_file, text_lines, to_float, to_id, to_int)
 
+STARS = (0.0, 5.0)  # the range of a GroupLens rating
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                  "War", "Western"]
@@ -46,25 +55,43 @@ def split_lines(path: Path, sep: str, n_fields: int | None, encoding: str = "utf
         yield line_no, fields
 
 
-def _sep(path: Path, encoding: str) -> str:
-    for _, line in numbered_lines(path, encoding):
-        return "::" if "::" in line else ("\t" if "\t" in line else "|")
-    raise DataFormatError(path, None, None, "the file is empty")
+def _sep(path: Path, encoding: str, choices: tuple[str, ...]) -> str:
+    """The first of ``choices`` that occurs on the first non-blank line of ``path``."""
+    lines = numbered_lines(path, encoding)
+    line_no, line = next(lines)  # an empty file raises EmptyFileError here
+    lines.close()
+    for sep in choices:
+        if sep in line:
+            return sep
+    raise DataFormatError(path, line_no, None, f"expected fields separated by {' or '.join(map(repr, choices))}")
+
+
+def _encoding(path: Path) -> str:
+    """UTF-8 if all of ``path`` decodes as UTF-8, else latin-1 (the GroupLens files' own)."""
+    try:
+        for _ in text_lines(path):
+            pass
+    except TextEncodingError:
+        return "latin-1"
+    return "utf-8"
 
 
 # ---- RecBole atomic files ----------------------------------------------------------------
 def read_atomic(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header names (types stripped) and the ``(line, fields)`` rows of an atomic file."""
     rows = split_lines(path, "\t", None)
-    try:
-        _, header = next(rows)
-    except StopIteration:
-        raise DataFormatError(path, 1, None, "the file is empty") from None
-    names = [h.split(":", 1)[0] for h in header]
+    header_line, header = next(rows)  # an empty file raises EmptyFileError here
+    if len(header) == 1 and header[0].count(":") > 1:
+        raise DataFormatError(path, header_line, None, f"the header {short(header[0])} is one column: atomic files are "
+                                                       f"tab-separated")
+    names = [h.split(":", 1)[0].strip() for h in header]
+    for k, name in enumerate(names):
+        if name in names[:k]:
+            raise DataFormatError(path, header_line, name, "two columns have this name")
     body = []
     for line_no, fields in rows:
         if len(fields) != len(names):
-            raise DataFormatError(path, line_no, None, f"expected {len(names)} tab-separated fields, got {len(fields)}")
+            raise DataFormatError(path, line_no, None, f"expected {len(names)} tab-separated fields (the header's), got {len(fields)}")
         body.append((line_no, fields))
     return names, body
 
@@ -73,7 +100,7 @@ def _column(names: list[str], wanted: str, path: Path, required: bool) -> int | 
     if wanted in names:
         return names.index(wanted)
     if required:
-        raise DataFormatError(path, 1, wanted, f"no such column (columns: {', '.join(names)})")
+        raise no_such_column(path, 1, wanted, names)
     return None
 
 
@@ -86,11 +113,8 @@ def read_recbole(config: PrepareConfig, paths: dict[str, Path]) -> RawData:
     cr = _column(names, config.rating_col or "rating", ipath, bool(config.rating_col))
     users, items, times, ratings, lines = [], [], [], [], []
     for line_no, f in body:
-        for c in (cu, ci):
-            if not f[c].strip():
-                raise DataFormatError(ipath, line_no, names[c], "missing required field")
-        users.append(f[cu].strip())
-        items.append(f[ci].strip())
+        users.append(to_id(f[cu], ipath, line_no, names[cu]))
+        items.append(to_id(f[ci], ipath, line_no, names[ci]))
         if ct is not None:
             times.append(to_int(f[ct], ipath, line_no, names[ct]))
         if cr is not None:
@@ -100,53 +124,53 @@ def read_recbole(config: PrepareConfig, paths: dict[str, Path]) -> RawData:
     mpath = paths["items"]
     mnames, mbody = read_atomic(mpath)
     cid = _column(mnames, config.item_id_col or config.item_col, mpath, True)
-    meta = pd.DataFrame([f for _, f in mbody], columns=mnames) if mbody else pd.DataFrame(columns=mnames)
-    meta = meta.rename(columns={mnames[cid]: "item_id"})
+    rows = [[to_id(v, mpath, line_no, mnames[cid]) if k == cid else v for k, v in enumerate(f)] for line_no, f in mbody]
+    meta = pd.DataFrame(rows, columns=mnames).rename(columns={mnames[cid]: "item_id"})
     return _finish(inter, np.asarray(lines), meta, config, paths)
 
 
 # ---- GroupLens files ---------------------------------------------------------------------
 def read_grouplens(config: PrepareConfig, paths: dict[str, Path]) -> RawData:
     ipath, mpath = paths["interactions"], paths["items"]
-    sep = _sep(ipath, "latin-1")
+    sep = _sep(ipath, "latin-1", ("::", "\t"))
     users, items, times, ratings, lines = [], [], [], [], []
     for line_no, f in split_lines(ipath, sep, 4, "latin-1"):
-        users.append(f[0].strip())
-        items.append(f[1].strip())
-        ratings.append(to_float(f[2], ipath, line_no, "rating"))
-        times.append(to_int(f[3], ipath, line_no, "timestamp"))
+        users.append(to_id(f[0], ipath, line_no, "user_id"))
+        items.append(to_id(f[1], ipath, line_no, "item_id"))
+        ratings.append(to_float(f[2], ipath, line_no, "rating", *STARS))
+        times.append(to_int(f[3], ipath, line_no, "timestamp", lo=0))
         lines.append(line_no)
-        if not users[-1] or not items[-1]:
-            raise DataFormatError(ipath, line_no, "user_id" if not users[-1] else "item_id", "missing required field")
     inter = interactions_frame(users, items, times, ratings)
     rows: list[dict[str, Any]] = []
-    if _sep(mpath, "latin-1") == "::":  # ML-1M movies.dat: id::title::A|B
-        for line_no, f in split_lines(mpath, "::", 3, "latin-1"):
-            rows.append({"item_id": f[0].strip(), "title": f[1], "genres": ", ".join(g for g in f[2].split("|") if g)})
+    encoding = _encoding(mpath)
+    if _sep(mpath, encoding, ("::", "|")) == "::":  # ML-1M movies.dat: id::title::A|B
+        for line_no, f in split_lines(mpath, "::", 3, encoding):
+            rows.append({"item_id": to_id(f[0], mpath, line_no, "item_id"), "title": f[1],
+                         "genres": ", ".join(g for g in f[2].split("|") if g)})
     else:  # ML-100K u.item: id|title|release|video release|url|19 flags
         genres = _genre_names(mpath.parent / "u.genre")
         n = 5 + len(genres)
-        for line_no, f in split_lines(mpath, "|", n, "latin-1"):
+        for line_no, f in split_lines(mpath, "|", n, encoding):
             flags = f[5:n]
             if any(x.strip() not in ("0", "1") for x in flags):
                 raise DataFormatError(mpath, line_no, "genres", f"genre flags must be 0 or 1, got {'|'.join(flags)}")
-            rows.append({"item_id": f[0].strip(), "title": f[1], "release_date": f[2], "imdb_url": f[4],
-                         "genres": ", ".join(g for g, x in zip(genres, flags) if x.strip() == "1")})
-    meta = pd.DataFrame(rows) if rows else pd.DataFrame({"item_id": []})
-    return _finish(inter, np.asarray(lines), meta, config, paths)
+            rows.append({"item_id": to_id(f[0], mpath, line_no, "item_id"), "title": f[1], "release_date": f[2],
+                         "imdb_url": f[4], "genres": ", ".join(g for g, x in zip(genres, flags) if x.strip() == "1")})
+    return _finish(inter, np.asarray(lines), pd.DataFrame(rows), config, paths)
 
 
 def _genre_names(path: Path) -> list[str]:
     if not path.exists():
         return list(ML100K_GENRES)
-    pairs = [(int(f[1]), f[0]) for _, f in split_lines(path, "|", 2, "latin-1")]
+    encoding = _encoding(path)
+    pairs = [(to_int(f[1], path, line_no, "genre_id"), f[0]) for line_no, f in split_lines(path, "|", 2, encoding)]
     return [name for _, name in sorted(pairs)]
 
 
 def _finish(inter: pd.DataFrame, lines: np.ndarray, meta: pd.DataFrame, config: PrepareConfig,
             paths: dict[str, Path]) -> RawData:
-    meta = finish_items(meta, config, paths["items"])
     info: dict[str, Any] = {}
+    meta = finish_items(meta, config, paths["items"], info)
     inter = check_items(inter, lines, meta, config, paths["interactions"], info)
     return RawData(inter, meta, files=[paths["interactions"], paths["items"]], info=info)
 

@@ -3,20 +3,23 @@
 ``sequences.txt``: one user a line, ``USER ITEM ITEM ...`` oldest first, no timestamps or
 ratings (file order is the time). ``items.jsonl``: one JSON object a line with ``item_id``,
 ``title``, ``categories`` (list of lists), optionally ``brand`` / ``description``.
+
+Robustness (besides the rules in :mod:`allmrec.data.readers._common`): tokens are separated
+by any run of spaces or tabs; a line with a user and no item, and a user listed on two lines,
+are errors naming the line; a line that looks comma- or semicolon-separated says so.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from allmrec.data.config import PrepareConfig
-from allmrec.data.raw import DataFormatError, RawData
+from allmrec.data.raw import DataFormatError, RawData, short
 from allmrec.data.readers._common import (check_items, finish_items, interactions_frame, numbered_lines,
-                                          require, resolve_file)
+                                          parse_object, resolve_file, to_id)
 
 
 def files(config: PrepareConfig) -> dict[str, Path]:
@@ -29,15 +32,10 @@ def files(config: PrepareConfig) -> dict[str, Path]:
 def read_jsonl_items(path: Path, id_field: str = "item_id") -> pd.DataFrame:
     rows = []
     for line_no, line in numbered_lines(path):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(path, line_no, None, f"not a valid JSON object ({err.msg})") from None
-        if not isinstance(rec, dict):
-            raise DataFormatError(path, line_no, None, "expected a JSON object")
-        rec[id_field] = str(require(rec, id_field, path, line_no))
+        rec = parse_object(line, path, line_no)
+        rec[id_field] = to_id(rec.get(id_field), path, line_no, id_field)
         rows.append(rec)
-    return pd.DataFrame(rows) if rows else pd.DataFrame({id_field: pd.Series([], dtype=str)})
+    return pd.DataFrame(rows)
 
 
 def read(config: PrepareConfig, paths: dict[str, Path]) -> RawData:
@@ -49,16 +47,17 @@ def read(config: PrepareConfig, paths: dict[str, Path]) -> RawData:
     for line_no, line in numbered_lines(seq_path):
         tokens = line.split()
         if len(tokens) < 2:
-            raise DataFormatError(seq_path, line_no, "items", f"user {tokens[0]!r} has no items")
+            hint = next((f" (items are separated by spaces, not {s!r})" for s in ",;|" if s in tokens[0]), "")
+            raise DataFormatError(seq_path, line_no, "items", f"user {short(tokens[0])} has no items{hint}")
         if tokens[0] in seen_users:
             raise DataFormatError(seq_path, line_no, "user_id",
-                                  f"user {tokens[0]!r} already listed on line {seen_users[tokens[0]]}")
+                                  f"user {short(tokens[0])} already listed on line {seen_users[tokens[0]]}")
         seen_users[tokens[0]] = line_no
         users.extend([tokens[0]] * (len(tokens) - 1))
         items.extend(tokens[1:])
         lines.extend([line_no] * (len(tokens) - 1))
     inter = interactions_frame(users, items)
-    meta = finish_items(read_jsonl_items(paths["items"]), config, paths["items"])
     info: dict = {}
+    meta = finish_items(read_jsonl_items(paths["items"]), config, paths["items"], info)
     inter = check_items(inter, np.asarray(lines), meta, config, seq_path, info)
     return RawData(inter, meta, files=[seq_path, paths["items"]], info=info)
