@@ -189,3 +189,40 @@ def test_training_leaves_the_thread_count_as_it_found_it(dataset, tmp_path):
     torch.set_num_threads(2)
     train_cf(dataset, _config("sasrec", epochs=1, threads=1), tmp_path, progress=False)
     assert torch.get_num_threads() == 2
+
+
+def test_user_samples_and_the_pretrain_hook(dataset, tmp_path, monkeypatch):
+    """``max_train_users`` / ``max_valid_users`` draw seeded samples; a backbone's ``pretrain``
+    hook runs once on a fresh run, is skipped when resuming from an epoch checkpoint, and its
+    folder goes with ``resume=False``."""
+    from allmrec.cf import evaluate
+    from allmrec.cf.sasrec import SASRec
+
+    calls, seen = [], {}
+
+    def pretrain(self, ds, out_dir, *, train_mask, seed, progress):
+        calls.append(int(train_mask.sum()))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "marker").write_text("x")
+        return {"step": 0}
+
+    def spy_evaluate(model, ds, split, users, batch_size):
+        seen["valid"] = users
+        return evaluate.evaluate_cf(model, ds, split, users, batch_size)
+
+    monkeypatch.setattr(SASRec, "pretrain", pretrain, raising=False)
+    monkeypatch.setattr("allmrec.cf.training.evaluate_cf", spy_evaluate)
+    config = _config(epochs=1, max_train_users=20, max_valid_users=15)
+    train_cf(dataset, config, tmp_path, progress=False)
+    assert calls == [20] and len(seen["valid"]) == 15 and (tmp_path / "pretrain" / "marker").exists()
+    state = json.loads((latest_checkpoint(tmp_path) / "trainer_state.json").read_text())
+    assert state["history"][0]["pretrain"] == {"step": 0}
+    train_cf(dataset, replace(config, epochs=2), tmp_path, progress=False)
+    assert calls == [20]  # resumed from epoch 1: no second pre-training
+    train_cf(dataset, replace(config, epochs=1), tmp_path, resume=False, progress=False)
+    assert calls == [20, 20]
+    monkeypatch.undo()
+    train_cf(dataset, replace(config, epochs=1), tmp_path, resume=False, progress=False)
+    assert not (tmp_path / "pretrain").exists()
+    with pytest.raises(ValueError, match="max_train_users: checkpoint 20 vs now 30"):
+        train_cf(dataset, replace(config, epochs=2, max_train_users=30), tmp_path, progress=False)

@@ -1,5 +1,5 @@
 """Find CF backbones by name: the built-in ones (``sasrec``, ``gru4rec``, ``nextitnet``, ``ncf``,
-``morec``) and any a user registers.
+``morec``, ``ctrl``, ``recformer``) and any a user registers.
 
 Built-ins are listed by module and imported on first use, so importing the registry never
 imports every model (and no model module imports the registry back). A user's own backbone::
@@ -26,6 +26,8 @@ BUILTIN = {
     "nextitnet": "allmrec.cf.nextitnet:NextItNet",
     "ncf": "allmrec.cf.ncf:NCF",
     "morec": "allmrec.cf.morec:MoRec",
+    "ctrl": "allmrec.cf.ctrl:CTRL",
+    "recformer": "allmrec.cf.recformer:RecFormer",
 }
 _REGISTERED: dict[str, type[CFBackbone]] = {}
 

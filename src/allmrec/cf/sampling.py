@@ -133,8 +133,9 @@ def sample_negatives(g: np.random.Generator, users: np.ndarray, n_items: int, ex
     raise RuntimeError("could not sample negatives: some user's training sequence covers (almost) every item")
 
 
-def _train_users(dataset: SequenceDataset, min_len: int) -> np.ndarray:
-    users = np.flatnonzero(np.asarray(dataset.train_users, dtype=bool))
+def _train_users(dataset: SequenceDataset, min_len: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Users that train (``mask``, default ``dataset.train_users``) with ``>= min_len`` training items."""
+    users = np.flatnonzero(np.asarray(dataset.train_users if mask is None else mask, dtype=bool))
     lens = np.fromiter((max(len(dataset.sequences[u]) - 2, 0) for u in users), dtype=np.int64, count=len(users))
     return users[lens >= min_len]
 
@@ -157,7 +158,8 @@ class SequenceSampler:
     loss is the same sum over the same positions; the compute drops with the padding.
     """
 
-    def __init__(self, dataset: SequenceDataset, max_len: int, batch_size: int, seed: int, trim: bool = False, pack: bool = False) -> None:
+    def __init__(self, dataset: SequenceDataset, max_len: int, batch_size: int, seed: int, trim: bool = False, pack: bool = False,
+                 train_mask: np.ndarray | None = None) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.n_items = dataset.n_items
@@ -166,7 +168,7 @@ class SequenceSampler:
         self.trim = trim
         self.pack = pack
         self.max_len = max_len
-        self.users = _train_users(dataset, min_len=2)
+        self.users = _train_users(dataset, min_len=2, mask=train_mask)
         train = [dataset.sequences[u][:-2] for u in self.users]
         self.inputs = left_pad([t[:-1] for t in train], max_len)
         self.positives = left_pad([t[1:] for t in train], max_len)
@@ -220,14 +222,14 @@ class PointwiseSampler:
     ``batch_size * (1 + n_negatives)`` shuffled examples.
     """
 
-    def __init__(self, dataset: SequenceDataset, batch_size: int, seed: int, n_negatives: int = 4) -> None:
+    def __init__(self, dataset: SequenceDataset, batch_size: int, seed: int, n_negatives: int = 4, train_mask: np.ndarray | None = None) -> None:
         if batch_size <= 0 or n_negatives < 0:
             raise ValueError(f"batch_size must be positive and n_negatives >= 0, got {batch_size}, {n_negatives}")
         self.n_items = dataset.n_items
         self.batch_size = batch_size
         self.seed = seed
         self.n_negatives = n_negatives
-        users = _train_users(dataset, min_len=1)
+        users = _train_users(dataset, min_len=1, mask=train_mask)
         train = [dataset.sequences[u][:-2] for u in users]
         lens = np.fromiter((len(t) for t in train), dtype=np.int64, count=len(train))
         self.pos_users = np.repeat(users, lens)
@@ -261,8 +263,9 @@ class PointwiseSampler:
             }
 
 
-def make_sampler(model: Any, dataset: SequenceDataset, batch_size: int, seed: int) -> SequenceSampler | PointwiseSampler:
-    """The sampler a backbone's ``batch_kind`` asks for."""
+def make_sampler(model: Any, dataset: SequenceDataset, batch_size: int, seed: int, train_mask: np.ndarray | None = None) -> SequenceSampler | PointwiseSampler:
+    """The sampler a backbone's ``batch_kind`` asks for, over the users of ``train_mask``
+    (``(n_users,)`` bool; default ``dataset.train_users``)."""
     kind = getattr(model, "batch_kind", "sequence")
     if kind == "sequence":
         return SequenceSampler(
@@ -272,7 +275,8 @@ def make_sampler(model: Any, dataset: SequenceDataset, batch_size: int, seed: in
             seed,
             trim=bool(getattr(model, "padding_invariant", False)),
             pack=bool(getattr(model, "supports_packing", False)),
+            train_mask=train_mask,
         )
     if kind == "pointwise":
-        return PointwiseSampler(dataset, batch_size, seed, n_negatives=int(getattr(model.config, "n_negatives", 4)))
+        return PointwiseSampler(dataset, batch_size, seed, n_negatives=int(getattr(model.config, "n_negatives", 4)), train_mask=train_mask)
     raise ValueError(f"backbone {type(model).__name__} has unknown batch_kind {kind!r}; expected 'sequence' or 'pointwise'")

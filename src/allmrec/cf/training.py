@@ -5,12 +5,17 @@ a checkpoint after every epoch and exact resume.
 Each epoch draws its batches from ``rng(seed, "cf-train", epoch)`` and reseeds torch (dropout)
 from ``rng(seed, "cf-dropout", epoch)`` (epochs numbered from 1), so a run resumed at an epoch
 boundary is bit-identical to an uninterrupted one (same machine, same thread count).
+
+A backbone that defines ``pretrain(dataset, out_dir, *, train_mask, seed, progress)`` (CTRL,
+RECFORMER) has it run once, on a fresh run, before epoch 1; it trains the model's weights in
+place, resuming from its own checkpoints in ``<out_dir>/pretrain``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,7 @@ from allmrec.cf.registry import build_backbone, get_backbone_class
 from allmrec.cf.sampling import make_sampler
 from allmrec.config import check_resumable, length_field, runtime_field
 from allmrec.data.dataset import SequenceDataset
-from allmrec.training import LoopOptions, TrainingTask, run_training
+from allmrec.training import LoopOptions, TrainingTask, latest_checkpoint, run_training
 from allmrec.utils.fingerprint import dataset_fingerprint
 from allmrec.utils.runtime import torch_threads
 from allmrec.utils.seed import torch_seed
@@ -42,6 +47,8 @@ class TrainCFConfig:
     ``patience`` counts validations (every ``eval_every`` epochs) without a better validation
     NDCG@10; ``patience <= 0`` disables early stopping. ``backbone_options`` go to the backbone's
     config dataclass (``n_items``/``n_users`` are filled from the dataset).
+    ``max_train_users`` / ``max_valid_users`` (0 = all): train on, and validate on, seeded samples
+    of that many training users; for backbones whose steps are expensive (RECFORMER).
     """
 
     backbone: str = "sasrec"
@@ -57,6 +64,8 @@ class TrainCFConfig:
     seed: int = 0
     threads: int = runtime_field(1)  # these models' ops are tiny: extra intra-op threads mostly add sync cost
     device: str = runtime_field("cpu")
+    max_train_users: int = 0
+    max_valid_users: int = 0
 
 
 def _jsonable(obj: Any) -> Any:
@@ -88,13 +97,12 @@ class CFTrainingTask(TrainingTask):
         self.model = build_backbone(config.backbone, **options).to(self.device)
         if self.features is not None:
             self.model.set_item_features(self.features)
-        train_mask = np.asarray(dataset.train_users, dtype=bool)
-        self.model.prepare_training(torch.tensor(train_mask, device=self.device))
+        self.train_mask, self.valid_users = _train_valid_users(dataset, config)
+        self.model.prepare_training(torch.tensor(self.train_mask, device=self.device))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
-        self.sampler = make_sampler(self.model, dataset, config.batch_size, config.seed)
-        lens = np.fromiter((len(s) for s in dataset.sequences), dtype=np.int64, count=dataset.n_users)
-        self.valid_users = np.flatnonzero(train_mask & (lens >= 3))
+        self.sampler = make_sampler(self.model, dataset, config.batch_size, config.seed, self.train_mask)
         self.best: CFBackbone | None = None
+        self.pretrain_summary: dict[str, Any] | None = None
 
     def steps_per_epoch(self) -> int:
         return len(self.sampler)
@@ -139,7 +147,10 @@ class CFTrainingTask(TrainingTask):
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         seconds = time.perf_counter() - self._started
-        return {"sequences_per_s": self.sampler.n_sequences / seconds if seconds > 0 else 0.0}
+        record = {"sequences_per_s": self.sampler.n_sequences / seconds if seconds > 0 else 0.0}
+        if epoch == 0 and self.pretrain_summary is not None:
+            record["pretrain"] = self.pretrain_summary  # kept in epoch 1's record of the history
+        return record
 
     def validate(self) -> dict[str, float]:
         return evaluate_cf(self.model, self.dataset, "valid", self.valid_users, self.config.eval_batch_size)
@@ -152,6 +163,17 @@ class CFTrainingTask(TrainingTask):
             # No validation ran (epochs == 0): the current weights are the only model there is.
             save_cf(self.model, self.out_dir, self.dataset, epoch=state["epoch"], train_config=dataclasses.asdict(self.config))
         self.best = load_cf(self.out_dir, device=self.device, item_features=self.features)
+
+
+def _train_valid_users(dataset: SequenceDataset, config: TrainCFConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_users,)`` bool mask of the users that train, and the ids of the validation users
+    (training users with a validation target), each a seeded sample when the config limits it."""
+    from allmrec.eval.users import evaluable, sample_users
+
+    train = np.flatnonzero(np.asarray(dataset.train_users, dtype=bool))
+    mask = np.zeros(dataset.n_users, dtype=bool)
+    mask[sample_users(train, config.max_train_users or None, config.seed, "cf-train-users")] = True
+    return mask, sample_users(evaluable(dataset, train), config.max_valid_users or None, config.seed, "cf-valid-users")
 
 
 def train_cf(
@@ -189,8 +211,13 @@ def train_cf(
     if not resume:
         for name in ("model.json", "model.safetensors"):
             (out_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / "pretrain", ignore_errors=True)
     with torch_threads(config.threads):
         task = CFTrainingTask(dataset, config, out_dir, item_features)
+        if hasattr(task.model, "pretrain") and (not resume or latest_checkpoint(out_dir) is None):
+            # A pre-training stage (CTRL, RECFORMER) runs once, on a fresh run, before epoch 1; a run
+            # resumed from an epoch checkpoint holds its result already.
+            task.pretrain_summary = task.model.pretrain(dataset, out_dir / "pretrain", train_mask=task.train_mask, seed=config.seed, progress=progress)
     options = LoopOptions(epochs=config.epochs, validate_every_epochs=max(config.eval_every, 1), patience=config.patience, select=SELECT_METRIC,
                           progress=progress)
     state = run_training(task, options, out_dir, resume=resume)
@@ -199,7 +226,6 @@ def train_cf(
 
 def training_summary(out_dir: str | Path) -> dict[str, Any]:
     """What a finished CF run did: backbone, epochs, best epoch and metric, training/eval time."""
-    from allmrec.training import latest_checkpoint
     from allmrec.utils.io import read_json
 
     ckpt = latest_checkpoint(out_dir)
