@@ -185,7 +185,7 @@ class _Loop:
                     loss = self.task.step(epoch, index)
                     self.record_step(epoch, loss)
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", refresh=False)
                     if opt.validate_every_steps and st["step"] % opt.validate_every_steps == 0:
                         self.curve_point()
                     if opt.checkpoint_every and st["step"] % opt.checkpoint_every == 0 and st["step"] < self.total:

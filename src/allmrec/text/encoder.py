@@ -137,9 +137,9 @@ class TextEncoder(nn.Module):
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             starts = range(0, len(order), batch_size)
             if progress:
-                from tqdm.auto import tqdm
+                from allmrec.utils.progress import progress_bar
 
-                starts = tqdm(starts, desc="encoding texts", unit="batch")
+                starts = progress_bar(iterable=starts, desc="encoding texts", unit="batch")
             for s in starts:
                 idx = order[s : s + batch_size]
                 emb = self.forward([texts[i] for i in idx])
