@@ -105,3 +105,26 @@ def test_cf_recommender_scores_through_the_backbone():
     assert rec.generate is not None and not rec.can_generate
     with pytest.raises(ValueError, match="does not generate"):
         rec.generate(queries)
+
+
+def test_best_mode_scores_batched_equal_one_prompt_at_a_time(smollm):
+    """Length-bucketed batches (left padding) give each user the scores it gets alone."""
+    from allmrec.align import Stage2Model, Stage2ModelConfig
+
+    llm, tok = smollm
+    ds = tiny_dataset(n_users=6, n_items=40, seq_len=7, n_candidates=5)
+    cf = tiny_cf(ds)
+    joint = torch.randn(ds.n_items + 1, 16, generator=torch.Generator().manual_seed(1))
+    model = Stage2Model(cf.dim, 16, llm.config.hidden_size, Stage2ModelConfig(head_width=8, max_title_tokens=6), seed=2)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.net[2].weight, generator=torch.Generator().manual_seed(3))  # a head that reads the LLM
+    queries = Queries.from_split(ds, "test")
+    scores = {}
+    for size in (1, 4):
+        reader = PromptReader(llm, tok, ds.titles, ds.wording, model.prompt_config(), Stage2Scorer(model, joint, cf), batch_size=size)
+        scores[size] = reader.score(queries)
+    lengths = reader._prompt_lengths(queries)
+    assert len(set(lengths.tolist())) > 1  # the prompts differ in length: padding is exercised
+    tolerance = 1e-3 if llm.dtype == torch.float32 else 0.1
+    np.testing.assert_allclose(scores[4], scores[1], atol=tolerance)
+    assert np.array_equal(np.argsort(-scores[4], 1), np.argsort(-scores[1], 1))

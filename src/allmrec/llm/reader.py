@@ -63,8 +63,8 @@ class PromptReader:
     prompt : the prompt settings (a stage-2 model's, or the ``"text"`` style).
     source : the soft tokens (required by the ``"soft"`` style).
     seed : seeds the candidate order shown in each row's prompt.
-    batch_size : prompts per forward; 0 = automatic (1 on CPU, where batching only adds padding,
-        8 on CUDA).
+    batch_size : prompts per forward; 0 = automatic (1 on CPU, 8 on CUDA). Rows are batched in
+        order of their prompt's length (titles' token counts), so a batch carries little padding.
     length_normalize : rank by mean instead of summed token log-probability.
     max_new_tokens : generation budget; 0: the longest candidate answer of the prompt + 4 tokens.
     progress : a progress bar over batches.
@@ -100,11 +100,22 @@ class PromptReader:
     def prompts(self, queries: Queries, shown: np.ndarray, rows: Sequence[int]) -> list[Prompt]:
         return [build_prompt(queries.histories[r], shown[r], self.shown_titles, self.wording, self.prompt) for r in rows]
 
-    def _batches(self, n: int, desc: str):
+    def _batches(self, queries: Queries, desc: str):
+        """Row indices per forward: one row at a time, or rows of similar prompt length."""
+        n = len(queries)
         size = self.batch_size or (8 if self.llm.get_input_embeddings().weight.device.type == "cuda" else 1)
-        starts = range(0, n, size)
-        for s in progress_bar(iterable=starts, desc=desc, disable=not self.progress):
-            yield list(range(s, min(n, s + size)))
+        order = np.argsort(self._prompt_lengths(queries), kind="stable") if size > 1 else np.arange(n)
+        for s in progress_bar(iterable=range(0, n, size), desc=desc, disable=not self.progress):
+            yield [int(r) for r in order[s : s + size]]
+
+    def _prompt_lengths(self, queries: Queries) -> np.ndarray:
+        """Each row's prompt length up to a constant: the token counts of the titles it shows."""
+        if not hasattr(self, "_title_tokens"):
+            ids = self.tokenizer(list(self.shown_titles), add_special_tokens=False)["input_ids"]
+            self._title_tokens = np.array([len(t) for t in ids], dtype=np.int64)
+        k = self.prompt.history_len
+        return np.array([self._title_tokens[np.asarray(h[-k:], dtype=np.int64)].sum() + self._title_tokens[c].sum()
+                         for h, c in zip(queries.histories, queries.candidates)])
 
     def _spliced(self, queries: Queries, prompts: list[Prompt], rows: list[int]):
         users, hists = [int(queries.users[r]) for r in rows], [queries.histories[r] for r in rows]
@@ -118,7 +129,7 @@ class PromptReader:
         scores = np.full(queries.candidates.shape, np.nan)
         was_training = self.llm.training
         self.llm.eval()
-        for rows in self._batches(len(queries), "LLM inference"):
+        for rows in self._batches(queries, "LLM inference"):
             prompts = self.prompts(queries, shown, rows)
             if self.listwise:
                 users, hists = [int(queries.users[r]) for r in rows], [queries.histories[r] for r in rows]
@@ -143,7 +154,7 @@ class PromptReader:
         out: list[dict[str, Any]] = [{} for _ in range(len(queries))]
         was_training = self.llm.training
         self.llm.eval()
-        for rows in self._batches(len(queries), "LLM generation"):
+        for rows in self._batches(queries, "LLM generation"):
             prompts = self.prompts(queries, shown, rows)
             answers = [tokenize_answers(p.answers, self.tokenizer, add_eos=True) for p in prompts]
             budget = self.max_new_tokens or (max(len(a) for row in answers for a in row) + 4)
