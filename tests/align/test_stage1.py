@@ -305,3 +305,26 @@ def test_joint_item_table_picks_e_or_q() -> None:
         joint_item_table(m, E, None, mask)
     with pytest.raises(ValueError, match="shape"):
         joint_item_table(m, E, Q, mask[:-1])
+
+
+def test_each_distinct_item_text_is_encoded_once_per_step(encoder: TextEncoder) -> None:
+    from allmrec.align.stage1.training import Stage1Task
+
+    task = Stage1Task(make_dataset(), make_cf(), encoder, cfg(autocast="off"), None)
+    encoder.eval()  # no dropout: the same text gives the same vector
+    seen: list[list[str]] = []
+    real = encoder.forward
+
+    def spy(texts):
+        seen.append(list(texts))
+        return real(texts)
+
+    encoder.forward = spy
+    items = torch.tensor([3, 7, 3, 9, 7, 7])
+    q = task._encode(items)
+    assert seen == [[task.dataset.texts[i] for i in (3, 7, 9)]]  # once each, not once per occurrence
+    with torch.no_grad():
+        direct = real([task.dataset.texts[i] for i in items.tolist()])
+    torch.testing.assert_close(q.detach(), direct, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="autocast"):
+        Stage1Config(autocast="maybe").validate()

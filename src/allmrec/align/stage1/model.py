@@ -69,6 +69,7 @@ class Stage1Config:
     positions: str = "last"  # "last": last training item per user; "all": every position
     freeze_text_encoder: bool = False  # True = the "SBERT frozen" ablation
     max_text_len: int = 64  # word pieces per item text
+    autocast: str = "auto"  # fine-tuned encoder in bfloat16 autocast: auto (where the CPU runs bf16 natively, or CUDA), on, off
     text_batch_size: int = runtime_field(64)  # texts per forward when precomputing (frozen encoder)
     seed: int = 0
     threads: int = runtime_field(2)
@@ -78,6 +79,8 @@ class Stage1Config:
     def validate(self) -> None:
         if self.positions not in ("last", "all"):
             raise ValueError(f"stage1.positions must be 'last' or 'all', got {self.positions!r}")
+        if self.autocast not in ("auto", "on", "off"):
+            raise ValueError(f"stage1.autocast must be auto, on or off, got {self.autocast!r}")
         if self.rec_score not in ("dot", "mean"):
             raise ValueError(f"stage1.rec_score must be 'dot' or 'mean', got {self.rec_score!r}")
         for name in ("activation", "latent_activation"):

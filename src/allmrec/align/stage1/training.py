@@ -216,13 +216,13 @@ class Stage1Task(TrainingTask):
         self.cpu_started = time.process_time()
 
     def step(self, epoch: int, index: int) -> float:
-        inputs, bs, texts = self._ensure_inputs(), self.config.batch_size, self.dataset.texts
+        inputs, bs = self._ensure_inputs(), self.config.batch_size
         sl = slice(index * bs, (index + 1) * bs)
         idx = torch.from_numpy(self.order[sl]).to(self.device)
         pos = torch.from_numpy(self.examples.positives[self.order[sl]]).to(self.device)
         neg = torch.from_numpy(self.negatives[sl]).to(self.device)
         if self.trainable_encoder:
-            q = self.encoder([texts[i] for i in pos.tolist()] + [texts[i] for i in neg.tolist()])
+            q = self._encode(torch.cat([pos, neg]))
             q_pos, q_neg = q[: len(pos)], q[len(pos) :]
         else:
             q_pos, q_neg = inputs["texts"][pos], inputs["texts"][neg]
@@ -233,6 +233,23 @@ class Stage1Task(TrainingTask):
         for k in LOSSES:
             self.sums[k] += float(out[k].detach())
         return float(out["loss"].detach())
+
+    def _encode(self, items: torch.Tensor) -> torch.Tensor:
+        """The fine-tuned encoder's ``Q`` of ``items``: each distinct item text encoded once (a
+        popular item is often a batch's positive and another's negative), in bfloat16 autocast
+        where that is fast."""
+        distinct, where = torch.unique(items, return_inverse=True)
+        texts = self.dataset.texts
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast()):
+            q = self.encoder([texts[i] for i in distinct.tolist()])
+        return q.float()[where]
+
+    def _autocast(self) -> bool:
+        from allmrec.utils.runtime import cpu_has_fast_bf16
+
+        if self.config.autocast != "auto":
+            return self.config.autocast == "on"
+        return self.device.type == "cuda" or cpu_has_fast_bf16()
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         n = self.steps_per_epoch()
