@@ -47,7 +47,7 @@ def tiny_gpt2(tmp_path_factory):
     return folder
 
 
-def tiny_config(root, llm_folder) -> dict:
+def tiny_config(root, llm_folder, bert_folder=None) -> dict:
     """Every part of the suite on, at the smallest sizes that still exercise it."""
     return {
         "name": "tiny",
@@ -63,22 +63,44 @@ def tiny_config(root, llm_folder) -> dict:
                        "train": {"max_steps": 2, "batch_size": 2, "n_candidates": 6, "valid_users": 3, "eval_every": 1}},
         },
         "eval": {"max_users": 6, "mode": "rank"},
-        "baselines": {"cf": ["sasrec", "gru4rec"], "morec": False, "tallrec_options": {"max_steps": 2, "lora_r": 2, "target_modules": ["c_attn"]}},
+        "baselines": {"cf": ["sasrec", "gru4rec"], "morec": False, "ctrl": bert_folder is not None, "recformer": bert_folder is not None,
+                      "tallrec_options": {"max_steps": 2, "lora_r": 2, "target_modules": ["c_attn"]}},
         "scenarios": {"cold_users": 3, "few_shot": [8], "model_agnostic": ["sasrec", "gru4rec"],
                       "cross_domain": {"enabled": True, "dataset": "amazon-beauty", "data": {"path": str(root / "raw2"), "k_core": 0, "n_candidates": 6, "name": "tiny2"}},
                       "max_users": {"cold_items": 4, "warm_items": 4}},
         "ablations": {"stage1": ["no_matching", "frozen_encoder"], "stage2": ["no_joint"], "max_users": 4},
+        "overrides": {"ctrl": {"cf": {"backbone_options": {"pretrain_epochs": 1, "pretrain_batch_size": 16, "prompt_max_tokens": 32}}},
+                      "recformer": {"cf": {"epochs": 1, "batch_size": 8, "lr": 1.0e-3, "max_train_users": 16, "max_valid_users": 8,
+                                           "backbone_options": {"dim": 0, "encoder": str(bert_folder), "max_tokens": 32, "attr_tokens": 8,
+                                                                "pretrain_epochs": 1, "pretrain_users": 8, "pretrain_batch_size": 8}}}},
         "efficiency": {"batch_size": 2, "train_steps": 2, "users": 2},
         "genres": {"users": 3, "options": {"max_new_tokens": 4}},
     }
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, tiny_gpt2):
+    """A random 2-layer BERT (width 32) with the bundled MiniLM's tokenizer: RECFORMER's encoder here."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from allmrec.text.encoder import bundled_model_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(str(bundled_model_path()), local_files_only=True)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=128)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def tiny_experiment(tmp_path_factory, tiny_gpt2):
+def tiny_experiment(tmp_path_factory, tiny_gpt2, tiny_bert):
     """``(root, path of the YAML)`` of the tiny experiment."""
     root = tmp_path_factory.mktemp("experiment")
     write_dataset(root / "raw", ["apple", "car", "house", "river"])
     write_dataset(root / "raw2", ["lamp", "boat", "shoe", "cloud"], n_users=20, seed=1)
     path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(root, tiny_gpt2), sort_keys=False))
+    path.write_text(yaml.safe_dump(tiny_config(root, tiny_gpt2, tiny_bert), sort_keys=False))
     return root, path

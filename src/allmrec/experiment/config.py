@@ -11,13 +11,13 @@ Layout (every key optional except ``base``; defaults below)::
     base: {dataset, data, cf, text_encoder, stage1, llm, stage2, eval}   # a pipeline config
     eval: {split: test, mode: rank, max_users: 100, seed: 2024}
     allmrec: {paper_mode: true, variant_mode: best}
-    baselines: {enabled, cf: [...], morec, llm_only, mlp_llm, tallrec, tallrec_options: {...}}
+    baselines: {enabled, cf: [...], morec, ctrl, recformer, llm_only, mlp_llm, tallrec, tallrec_options: {...}}
     scenarios: {enabled, cold_warm, cold_users, few_shot: [256, 128], model_agnostic: [...],
                 cross_domain: {enabled, dataset, data, max_users}, max_users: {...}}
     ablations: {enabled, stage1: [...], stage2: [...], max_users}
     efficiency: {enabled, batch_size, train_steps, users}
     genres: {enabled, users, options: {...}}
-    overrides: {paper: {...}, cf_baselines: {...}, morec: {...}, mlp_llm: {...},
+    overrides: {paper: {...}, cf_baselines: {...}, morec: {...}, ctrl: {...}, recformer: {...}, mlp_llm: {...},
                 ablations: {...}, few_shot: {...}, model_agnostic: {...}}
 
 ``overrides.<group>`` are pipeline-config fragments (``{stage2: {train: {max_steps: 50}}}``) merged over
@@ -50,7 +50,7 @@ STAGE2_ABLATIONS = {
     "no_joint": {"stage2": {"model": {"item_table": "zeros"}}},
     "random_joint": {"stage2": {"model": {"item_table": "random"}}},
 }
-OVERRIDE_GROUPS = ("paper", "cf_baselines", "morec", "mlp_llm", "ablations", "few_shot", "model_agnostic")
+OVERRIDE_GROUPS = ("paper", "cf_baselines", "morec", "ctrl", "recformer", "mlp_llm", "ablations", "few_shot", "model_agnostic")
 SCENARIO_SAMPLES = ("overall", "cold_items", "warm_items", "cold_users", "few_shot", "model_agnostic", "cross_domain")
 BACKBONES = ("sasrec", "gru4rec", "nextitnet", "ncf")
 # The paper's dataset a prepared dataset is compared with, by dataset name.
@@ -85,6 +85,8 @@ class BaselinesSection:
     enabled: bool = True
     cf: list[str] = field(default_factory=lambda: list(BACKBONES))
     morec: bool = True
+    ctrl: bool = True  # CTRL: SASRec initialised by contrastive alignment with the text encoder (allmrec.cf.ctrl)
+    recformer: bool = True  # RECFORMER: a text encoder over item sentences (allmrec.cf.recformer)
     llm_only: bool = True
     mlp_llm: bool = True
     tallrec: bool = True

@@ -65,6 +65,19 @@ def transplant_cf(cf_model: Any, dataset: SequenceDataset, item_table: torch.Ten
     return new.eval()
 
 
+def text_model_for(cf_model: Any, dataset: SequenceDataset) -> Any:
+    """A copy of a CF model that reads item text (RECFORMER) for another catalogue: the same
+    weights, the target's item sentences."""
+    if not getattr(cf_model, "needs_item_text", False):
+        raise Unavailable(f"CF backbone {cf_model.name!r} has no item table to swap and reads no item text")
+    config = dataclasses.replace(cf_model.config, n_items=dataset.n_items, n_users=dataset.n_users, text_fingerprint="")
+    new = type(cf_model)(config)
+    new.load_state_dict(cf_model.state_dict())
+    features, _ = type(cf_model).prepare_item_features(dataset, dataclasses.asdict(config))
+    new.set_item_features(features)
+    return new.eval()
+
+
 def cross_recommender(method: str, source: Any, dataset: SequenceDataset, users: np.ndarray, split: str, seed: int, cache: dict[str, Any]):
     """The recommender of ``method`` trained on ``source`` (its :class:`Resources`), moved onto
     ``dataset``'s catalogue. ``cache`` keeps the moved CF model and tables for the same users."""
@@ -74,6 +87,8 @@ def cross_recommender(method: str, source: Any, dataset: SequenceDataset, users:
     from allmrec.methods.llm_only import text_prompt
     from allmrec.recommend import CFRecommender, LLMRecommender
 
+    if method == "cf" and not hasattr(source.cf, "item_emb"):  # a text model (RECFORMER) reads the target's items through their text
+        return CFRecommender(text_model_for(source.cf, dataset))
     llm, tok = source.llm
     if method == "llm-only":
         return LLMRecommender(PromptReader(llm, tok, dataset.titles, dataset.wording, text_prompt(source), seed=seed, progress=True))

@@ -124,8 +124,9 @@ def define_variants(cfg: ExperimentConfig) -> dict[str, Variant]:
         for bb in c.baselines.cf:
             if bb != base_backbone(c):
                 add(f"cf-{bb}", "cf_baselines", ov.get("cf_baselines", {}), {"cf": {"backbone": bb}})
-        if c.baselines.morec:
-            add("morec", "morec", ov.get("morec", {}), {"cf": {"backbone": "morec"}})
+        for name in ("morec", "ctrl", "recformer"):  # CF backbones built on item text
+            if getattr(c.baselines, name):
+                add(name, name, ov.get(name, {}), {"cf": {"backbone": name}})
         if c.baselines.mlp_llm:
             add("mlp-llm", "mlp_llm", vm, ov.get("mlp_llm", {}), {"stage2": {"model": {"item_table": "cf"}}})
     if c.ablations.enabled and (c.ablations.stage1 or c.ablations.stage2):
@@ -173,8 +174,9 @@ def _main_tables(cfg: ExperimentConfig) -> list[EvalSpec]:
             for bb in b.cf:
                 if bb != bb0:
                     add(f"cf-{bb}", "cf", bb, BACKBONE_LABELS[bb])
-            if b.morec:
-                add("morec", "cf", "morec", "MoRec")
+            for name, label in (("morec", "MoRec"), ("ctrl", "CTRL"), ("recformer", "RECFORMER")):
+                if getattr(b, name):
+                    add(name, "cf", name, label)
             if b.llm_only and s == "overall":
                 add("main", "llm-only", "llm_only", "LLM-Only")
             if b.tallrec:
@@ -228,6 +230,8 @@ def cross_domain_specs(cfg: ExperimentConfig, variants: dict[str, Variant]) -> l
         return []
     n, bb0 = n_users(cfg, "cross_domain"), base_backbone(cfg)
     out = [EvalSpec("cross_domain", "main", "cf", bb0, f"{BACKBONE_LABELS.get(bb0, bb0)} (item table decoded from text)", "cross_domain", n)]
+    if cfg.baselines.enabled and cfg.baselines.recformer:  # text-only: scores the target's items through their text
+        out.append(EvalSpec("cross_domain", "recformer", "cf", "recformer", "RECFORMER", "cross_domain", n))
     if cfg.baselines.enabled and cfg.baselines.llm_only:
         out.append(EvalSpec("cross_domain", "main", "llm-only", "llm_only", "LLM-Only", "cross_domain", n))
     if cfg.baselines.enabled and cfg.baselines.tallrec:
