@@ -62,3 +62,30 @@ def test_who_is_evaluated():
     assert sample_users(pool, None, 1, "s").tolist() == list(range(100)) and sample_users(pool, 200, 1, "s").tolist() == list(range(100))
     assert np.array_equal(sample_users(pool, 10, 1, "s"), sample_users(pool, 10, 1, "s"))
     assert not np.array_equal(sample_users(pool, 10, 1, "s"), sample_users(pool, 10, 2, "s"))
+
+
+def test_catalogue_metrics_on_hand_made_lists():
+    from allmrec.eval.metrics import catalogue_metrics
+
+    ranked = np.array([[5, 3, 9], [1, 2, 4], [7, 8, 6]])
+    m = catalogue_metrics(ranked, np.array([3, 4, 10]), ks=(1, 3))
+    assert m["recall@1"] == 0.0 and m["recall@3"] == pytest.approx(2 / 3)  # 10 was not retrieved: a miss
+    assert m["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 3)
+
+
+def test_top_items_leaves_out_the_history_and_ranks_best_first():
+    import torch
+
+    from allmrec.cf.evaluate import top_items
+    from helpers import tiny_cf, tiny_dataset
+
+    ds = tiny_dataset(n_users=3, n_items=30, seq_len=6)
+    cf = tiny_cf(ds)
+    hists = [ds.history(u, "test") for u in range(3)]
+    items, scores = top_items(cf, [0, 1, 2], hists, k=5)
+    assert items.shape == (3, 5) and all(not set(items[u]) & set(hists[u].tolist()) for u in range(3))
+    assert (np.diff(scores, axis=1) <= 0).all()
+    with torch.no_grad():
+        full = cf.score(torch.tensor([0]), torch.as_tensor(hists[0][-10:])[None], torch.arange(1, 31)[None])[0].numpy()
+    full[hists[0] - 1] = -np.inf
+    assert items[0].tolist() == (np.argsort(-full, kind="stable")[:5] + 1).tolist()

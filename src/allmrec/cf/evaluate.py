@@ -105,3 +105,29 @@ def score_candidates(model: CFBackbone, dataset: SequenceDataset, split: str, us
 def evaluate_cf(model: CFBackbone, dataset: SequenceDataset, split: str, users: np.ndarray | list[int] | None = None, batch_size: int = 1024) -> dict[str, float]:
     """Hit@1/5/10, NDCG@5/10 and MRR of ``model`` on the stored ``split`` candidates."""
     return ranking_metrics(target_ranks(score_candidates(model, dataset, split, users, batch_size)))
+
+
+def top_items(model: CFBackbone, users: Sequence[int], histories: Sequence[Sequence[int]], k: int, batch_size: int = 256,
+              exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best items of the whole catalogue for each history: ``(items, scores)``, both
+    ``(len(users), k)``, best first; the history's own items are left out (``exclude_history``).
+    The first stage of the two-stage use (retrieve with the CF model, re-rank with A-LLMRec)."""
+    n_items = int(model.config.n_items)
+    if not 0 < k <= n_items:
+        raise ValueError(f"k must be in 1..{n_items}, got {k}")
+    device = _device(model)
+    catalogue = torch.arange(1, n_items + 1, device=device)
+    items = np.zeros((len(users), k), dtype=np.int64)
+    scores = np.zeros((len(users), k), dtype=np.float32)
+    for s in range(0, len(users), batch_size):
+        rows = list(range(s, min(len(users), s + batch_size)))
+        sc = candidate_scores(model, [users[r] for r in rows], [histories[r] for r in rows],
+                              catalogue.cpu().expand(len(rows), n_items).numpy(), batch_size).numpy()
+        if exclude_history:
+            for j, r in enumerate(rows):
+                seen = np.asarray(histories[r], dtype=np.int64)
+                sc[j, seen[seen > 0] - 1] = -np.inf
+        best = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+        items[s : s + len(rows)] = best + 1
+        scores[s : s + len(rows)] = np.take_along_axis(sc, best, 1)
+    return items, scores

@@ -65,3 +65,17 @@ def metrics_from_columns(columns: dict[str, np.ndarray]) -> dict[str, object]:
         out["gen_hit@1"] = float(hits.mean()) if len(hits) else None
         out["gen_no_match"] = float(np.asarray(columns["gen_no_match"], dtype=bool).mean()) if len(hits) else None
     return out
+
+
+def catalogue_metrics(ranked: np.ndarray, truths: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """Full-catalogue Recall@k and NDCG@k of ranked item lists ``(U, L)`` (best first) against
+    one true item per user; a truth missing from a list counts as a miss at every k."""
+    ranked, truths = np.asarray(ranked), np.asarray(truths)
+    hit = ranked == truths[:, None]
+    pos = np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max)
+    out: dict[str, float] = {"users": float(len(truths))}
+    for k in ks:
+        within = pos < k
+        out[f"recall@{k}"] = float(within.mean()) if len(truths) else 0.0
+        out[f"ndcg@{k}"] = float(np.where(within, 1.0 / np.log2(np.minimum(pos, k) + 2.0), 0.0).mean()) if len(truths) else 0.0
+    return out
