@@ -54,7 +54,7 @@ def frozen_outputs(model: CFBackbone, users: Sequence[int], histories: Sequence[
     model.eval()
     out: torch.Tensor | None = None
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the outputs may feed a trained projector (x^u -> F_U)
             for idx, h in _batches(model, padded, batch_size, trim):
                 u = torch.from_numpy(users[idx]).to(device)
                 y = fn(u, torch.from_numpy(np.ascontiguousarray(h)).to(device), idx).float().cpu()
