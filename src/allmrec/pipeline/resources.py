@@ -75,6 +75,11 @@ class Resources:
         self.config, self.folder = config, folder
         self._dataset_provider, self._llm_provider = dataset, llm
 
+    def forget(self, *names: str) -> None:
+        """Drop loaded objects (a step that has just trained a model), so the next use reloads them."""
+        for name in names:
+            self.__dict__.pop(name, None)
+
     @cached_property
     def dataset(self):
         if self._dataset_provider is not None:

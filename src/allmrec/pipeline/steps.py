@@ -21,7 +21,8 @@ def prepare(res: Resources, force: bool = False):
     if force:
         from allmrec.data import prepare as prepare_data
 
-        res.dataset = prepare_data(res.config.data(), force=True)
+        prepare_data(res.config.data(), force=True)
+        res.forget("dataset")
     return res.dataset
 
 
@@ -36,7 +37,7 @@ def train_cf(res: Resources) -> tuple[Any, bool]:
         _check_finished_cf(res)
         return res.cf, True
     model, _ = train(ds, res.config.cf(), folder.cf, resume=True, progress=True)
-    res.__dict__.pop("cf", None)
+    res.forget("cf")
     return model, False
 
 
@@ -68,7 +69,7 @@ def align(res: Resources):
     cf, _ = train_cf(res)
     res.folder.save_config(res.config)
     result = train_stage1(ds, cf, res.config.text_encoder, res.config.stage1(), res.folder.stage1, resume=True, progress=True)
-    res.__dict__.pop("stage1", None)
+    res.forget("stage1")
     return result
 
 
@@ -85,7 +86,7 @@ def train_stage2(res: Resources):
     table = res.item_table(cfg.model.item_table, cfg.train.seed)
     llm, tok = res.llm
     model, state = train(ds, cf, table, llm, tok, cfg, res.folder.stage2, resume=True, progress=True)
-    res.__dict__.pop("stage2", None)
+    res.forget("stage2")
     return model, state
 
 
