@@ -146,3 +146,31 @@ def test_backbone_and_llm_swap_by_configuration(run_setup, tiny_llm_folder):
     # A stage-2 model trained for one LLM is refused for another.
     result = runner.invoke(app, ["evaluate", "--run", str(run), "--set", "llm.name_or_path=default", "--set", "llm.dtype=auto"])
     assert result.exit_code == 2 and "llm" in result.output.lower()
+
+
+def test_best_mode_fits_the_fusions_and_checks_the_llm_path(run_setup, tiny_llm_folder):
+    """``allmrec train`` in the best mode fits the fusions first (``allmrec fuse``), adds the LLM
+    path to the fusion and records whether it beat the fusion on held-out users; the no-LLM
+    methods evaluate beside it."""
+    root, config = run_setup
+    run = root / "run-best"
+    sets = ["--set", "stage2.mode=best", "--set", "stage2.train.valid_users=6", "--set", "stage2.train.max_steps=null", "--set", "stage2.train.epochs=1",
+            "--set", f"llm.name_or_path={tiny_llm_folder}", "--set", "llm.dtype=float32", "--set", "fusion.seeds=1", "--set", "fusion.tower.epochs=2",
+            "--set", "eval.methods=[cf,text-sim,cf-text,fusion,allmrec]", "--set", "eval.mode=rank", "--set", "eval.max_users=8"]
+    _ok(runner.invoke(app, ["train-cf", "--config", str(config), "--run", str(run), *sets]))
+    out = _ok(runner.invoke(app, ["fuse", "--run", str(run)]))
+    assert "fusion/fusion: fitted on" in out and "fusion/control" in out
+    fitted = (run / "fusion" / "fusion" / "model.safetensors").stat().st_mtime_ns
+    _ok(runner.invoke(app, ["train", "--run", str(run)]))
+    assert (run / "fusion" / "fusion" / "model.safetensors").stat().st_mtime_ns == fitted  # reused, not refitted
+    meta = json.loads((run / "stage2" / "model.json").read_text())
+    check = meta["llm_path"]
+    assert check["checked"] and check["loglik_gain"]["users"] == 6 and meta["identity"]["prior"]
+    _ok(runner.invoke(app, ["evaluate", "--run", str(run)]))
+    results = json.loads((run / "results" / "test.json").read_text())
+    labels = results["labels"]
+    assert labels["text-sim"] == "Text similarity" and labels["cf-text"] == "SASRec + text (no LLM)" and labels["fusion"] == "Fusion (no LLM)"
+    assert labels["allmrec"].startswith("A-LLMRec (best mode: fusion + LLM residual")
+    assert ("LLM path not adopted" in labels["allmrec"]) == (not check["adopted"])
+    if not check["adopted"]:  # the fusion answers alone
+        assert results["per_user"]["allmrec"]["rank"] == results["per_user"]["fusion"]["rank"]

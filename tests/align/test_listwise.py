@@ -27,7 +27,7 @@ def setup():
 MODEL_OPTIONS = {f.name for f in dataclasses.fields(Stage2ModelConfig)}
 
 
-def listwise(mode="best", **kw):
+def listwise(mode="cf-residual", **kw):
     values = {**dict(lr=1e-2, batch_size=2, epochs=1, history_len=2, n_candidates=20, max_title_tokens=4, checkpoint_every=2, seed=5), **kw}
     return stage2_config({"mode": mode, "model": {k: v for k, v in values.items() if k in MODEL_OPTIONS},
                           "train": {k: v for k, v in values.items() if k not in MODEL_OPTIONS}})
@@ -52,7 +52,8 @@ def test_modes_are_named_presets_and_overrides_make_them_custom():
     best, paper = stage2_config({}), stage2_config({"mode": "paper"})
     assert best.mode_name == "best" and best.model.objective == "listwise" and best.model.residual and not best.train.train_projectors
     assert paper.mode_name == "paper" and paper.model.objective == "lm" and paper.train.train_target == "train"
-    assert best.label == "best mode: listwise residual" and paper.label == "paper: LM loss"
+    assert best.model.prior == "fusion" and stage2_config({"mode": "cf-residual"}).model.prior == "cf"
+    assert best.label == "best mode: fusion + LLM residual" and paper.label == "paper: LM loss"
     assert stage2_config({"mode": "best", "model": {"residual": False}}).mode_name == "custom"
     assert stage2_config({"mode": "best", "train": {"lr": 0.5}}).mode_name == "best"  # options the mode does not set
 
@@ -158,3 +159,37 @@ def test_frozen_projector_run_keeps_llm_states_and_resumes_without_the_llm(smoll
     monkeypatch.setattr(stage2.Stage2Model, "listwise_states", lambda *a, **k: (_ for _ in ()).throw(AssertionError("LLM ran")))
     resumed, state = train_stage2(ds, cf, joint, llm, tok, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3)), tmp_path / "part", progress=False)
     assert state["step"] > int(ckpts[-1].name.split("-")[1])
+
+
+class FixedPrior:
+    """A stand-in fitted fusion: scores each candidate by a fixed per-item value."""
+
+    def __init__(self, n_items: int) -> None:
+        self.values = np.random.default_rng(3).normal(size=n_items + 1)
+
+    def identity(self) -> str:
+        return "fixed-prior"
+
+    def score(self, queries):
+        return self.values[queries.candidates]
+
+
+def test_best_mode_adds_the_llm_path_to_the_fusion_and_checks_it(smollm, setup, tmp_path):
+    llm, tok = smollm
+    ds, cf, joint = setup
+    with pytest.raises(ValueError, match="no fitted fusion"):
+        train_stage2(ds, cf, joint, llm, tok, listwise(mode="best", max_steps=1), out_dir=None, progress=False)
+    prior = FixedPrior(ds.n_items)
+    model, _ = train_stage2(ds, cf, joint, llm, tok, listwise(mode="best", max_steps=2, lr=0.0, valid_users=3), tmp_path, progress=False, prior=prior)
+    queries = Queries.from_split(ds, "test", np.arange(4))
+    reader = PromptReader(llm, tok, ds.titles, ds.wording, model.prompt_config(), Stage2Scorer(model, joint, cf, prior=prior))
+    assert target_ranks(reader.score(queries)).tolist() == target_ranks(prior.score(queries)).tolist()  # an untrained head: the prior's ranking
+    check = model.meta["llm_path"]
+    # lr 0: the LLM path adds nothing, so it cannot beat the prior at its best temperature
+    assert check["checked"] and not check["adopted"] and check["loglik_gain"]["users"] == 3 and check["loglik_gain"]["diff"] <= 1e-6
+    assert model.meta["identity"]["prior"] == "fixed-prior"
+    with pytest.raises(ValueError, match="no fusion"):
+        PromptReader(llm, tok, ds.titles, ds.wording, model.prompt_config(), Stage2Scorer(model, joint, cf)).score(queries)
+    always, _ = train_stage2(ds, cf, joint, llm, tok, listwise(mode="best", max_steps=2, lr=0.0, valid_users=3, llm_path="always"), None,
+                             progress=False, prior=prior)
+    assert always.meta["llm_path"]["adopted"]

@@ -1,4 +1,4 @@
-"""The pipeline's commands: prepare, train-cf, align, train, evaluate, recommend, demo."""
+"""The pipeline's commands: prepare, train-cf, align, fuse, train, evaluate, recommend, demo."""
 
 from __future__ import annotations
 
@@ -55,8 +55,20 @@ def align(dataset: Dataset = None, path: DataPath = None, run: Run = None, confi
     console.print(f"model: {result.checkpoint}")
 
 
+def fuse(dataset: Dataset = None, path: DataPath = None, run: Run = None, config: ConfigFile = None, set_: Sets = None) -> None:
+    """Fit the fusions with no LLM (the best mode's prior, and the SASRec + text control) on validation items of training users."""
+    from allmrec.pipeline import steps
+
+    res = resources(run, config, set_, dataset, path)
+    for name, meta in guard(lambda: steps.fuse(res)).items():
+        criterion = meta["beta_criterion"][str(meta["beta"])] if str(meta["beta"]) in meta["beta_criterion"] else float("nan")
+        console.print(f"fusion/{name}: fitted on {meta['fit_users']} users (early stopping: {meta['es_users']}), beta {meta['beta']} "
+                      f"(early-stopping all-round Hit@1 {criterion:.4f}), {meta['seconds']['total']:.0f} s")
+    console.print(f"models: {res.folder.fusion}")
+
+
 def train(llm: Optional[str] = typer.Option(None, "--llm", help="'default' (bundled SmolLM2-135M), a HF model id or a local folder."),
-          mode: Optional[str] = typer.Option(None, "--mode", help="Stage-2 mode: best (default), paper or listwise."),
+          mode: Optional[str] = typer.Option(None, "--mode", help="Stage-2 mode: best (default), cf-residual, paper or listwise."),
           max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop stage 2 after this many optimiser steps."),
           dataset: Dataset = None, path: DataPath = None, run: Run = None, config: ConfigFile = None, set_: Sets = None) -> None:
     """Stage 2 with the frozen LLM (the best mode by default; --mode paper for the paper's)."""
@@ -117,6 +129,6 @@ def demo(run: Run = Path("runs/demo"), config: ConfigFile = None, set_: Sets = N
 
 
 def register(app: typer.Typer) -> None:
-    for fn, name in ((prepare, "prepare"), (train_cf, "train-cf"), (align, "align"), (train, "train"), (evaluate, "evaluate"),
+    for fn, name in ((prepare, "prepare"), (train_cf, "train-cf"), (align, "align"), (fuse, "fuse"), (train, "train"), (evaluate, "evaluate"),
                      (recommend, "recommend"), (demo, "demo")):
         app.command(name)(fn)

@@ -79,3 +79,15 @@ def catalogue_metrics(ranked: np.ndarray, truths: np.ndarray, ks: tuple[int, ...
         out[f"recall@{k}"] = float(within.mean()) if len(truths) else 0.0
         out[f"ndcg@{k}"] = float(np.where(within, 1.0 / np.log2(np.minimum(pos, k) + 2.0), 0.0).mean()) if len(truths) else 0.0
     return out
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of ``a - b`` over paired per-user values (hits, log-likelihoods) with a seeded
+    percentile-bootstrap 95% interval: ``{"diff", "low", "high", "users"}``."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError(f"paired_bootstrap needs two equal-length non-empty 1-d arrays, got shapes {np.shape(a)} and {np.shape(b)}")
+    gen = np.random.default_rng(seed)
+    means = np.array([d[gen.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(d.mean()), "low": float(low), "high": float(high), "users": int(len(d))}

@@ -35,10 +35,11 @@ from typing import Any
 
 import yaml
 
+from allmrec.pipeline.config import SECTIONS
 from allmrec.config import from_dict, merge, parse_sets
 from allmrec.pipeline.config import PipelineConfig, RunConfig
 
-PIPELINE_SECTIONS = ("dataset", "data", "cf", "text_encoder", "stage1", "llm", "stage2", "eval")
+PIPELINE_SECTIONS = SECTIONS
 STAGE1_ABLATIONS = {
     "no_matching": {"stage1": {"matching_weight": 0.0}},
     "no_recon": {"stage1": {"alpha": 0.0, "beta": 0.0}},

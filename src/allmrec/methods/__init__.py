@@ -14,6 +14,9 @@ BUILTIN = {
     "allmrec-sbert": "allmrec.methods.allmrec:ALLMRecSBERT",
     "tallrec": "allmrec.methods.tallrec:TALLRec",
     "popularity": "allmrec.methods.popularity:Popularity",
+    "text-sim": "allmrec.methods.fusion:TextSimilarity",
+    "cf-text": "allmrec.methods.fusion:CFText",
+    "fusion": "allmrec.methods.fusion:FusionOnly",
 }
 _REGISTERED: dict[str, Method] = {}
 

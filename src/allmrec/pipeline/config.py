@@ -4,7 +4,8 @@ defaults < the run folder's saved ``config.yaml`` < ``--config FILE`` < command-
 
 Sections: ``dataset`` (a preset name or a data YAML) and ``data`` (PrepareConfig overrides),
 ``cf`` (TrainCFConfig), ``text_encoder``, ``stage1`` (Stage1Config), ``llm`` (LLMConfig),
-``stage2`` (``mode`` + ``model`` + ``train``: Stage2Config), ``eval`` (EvalOptions).
+``fusion`` (FusionConfig), ``stage2`` (``mode`` + ``model`` + ``train``: Stage2Config),
+``eval`` (EvalOptions).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class PipelineConfig:
     cf: dict[str, Any] = field(default_factory=dict)
     text_encoder: str = "default"
     stage1: dict[str, Any] = field(default_factory=dict)
+    fusion: dict[str, Any] = field(default_factory=dict)
     llm: dict[str, Any] = field(default_factory=dict)
     stage2: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
@@ -138,6 +140,11 @@ class RunConfig:
         cfg.validate()
         return cfg
 
+    def fusion(self):
+        from allmrec.fusion import FusionConfig
+
+        return from_dict(FusionConfig, self.section("fusion"), where="fusion")
+
     def stage2(self):
         from allmrec.align.stage2 import stage2_config
 
@@ -153,5 +160,5 @@ class RunConfig:
 
     def check(self) -> None:
         """Build every section once, so a bad option fails now and not an hour into a run."""
-        for build in (self.data, self.cf, self.stage1, self.stage2, self.llm, self.eval):
+        for build in (self.data, self.cf, self.stage1, self.fusion, self.stage2, self.llm, self.eval):
             build()

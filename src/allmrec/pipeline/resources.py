@@ -5,6 +5,7 @@
 
     config.yaml   the resolved configuration of the last command
     cf/           the CF model            stage1/   stage 1
+    fusion/       the fitted fusions (fusion/: the best mode's prior, control/: SASRec + text)
     stage2/       stage 2                 tallrec/  the TALLRec baseline (LoRA)
     results/      evaluation results (<split>.json, <split>.md)
 
@@ -41,6 +42,10 @@ class RunFolder:
         return self.root / "stage1"
 
     @property
+    def fusion(self) -> Path:
+        return self.root / "fusion"
+
+    @property
     def stage2(self) -> Path:
         return self.root / "stage2"
 
@@ -53,8 +58,8 @@ class RunFolder:
         return self.root / "results"
 
     def finished(self, step: str) -> bool:
-        """Whether the training run of ``step`` (``cf``, ``stage1``, ``stage2``, ``tallrec``) finished."""
-        return is_finished(getattr(self, step))
+        """Whether the training run of ``step`` (``cf``, ``stage1``, ``fusion``, ``stage2``, ``tallrec``) finished."""
+        return is_finished(self.root / step)
 
     def save_config(self, config: RunConfig) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -124,12 +129,48 @@ class Resources:
 
     @cached_property
     def stage2(self):
-        """The trained stage-2 model (checked against the LLM and CF model it was trained with)."""
+        """The trained stage-2 model (checked against the LLM, CF model and fusion it was trained with)."""
         from allmrec.align.stage2 import load_stage2
+        from allmrec.utils.io import read_json
 
-        if not (self.folder.stage2 / "model.json").exists():
+        path = self.folder.stage2 / "model.json"
+        if not path.exists():
             raise FileNotFoundError(f"no stage-2 model in {self.folder.stage2}; run `allmrec train --run {self.folder.root}` first")
-        return load_stage2(self.folder.stage2, llm=self.llm[0], cf_model=self.cf)
+        model = read_json(path)["stage2"]["model"]
+        prior = self.fusion if model.get("residual") and model.get("prior") == "fusion" else None
+        return load_stage2(self.folder.stage2, llm=self.llm[0], cf_model=self.cf, prior=prior)
+
+    @cached_property
+    def text_table(self) -> np.ndarray:
+        """``(n_items + 1, d)`` item embeddings of the frozen text encoder (``text_encoder``)."""
+        from allmrec.text import item_text_embeddings, load_text_encoder
+
+        return item_text_embeddings(load_text_encoder(self.config.text_encoder), self.dataset).numpy()
+
+    def fusion_tables(self, names: list[str]) -> dict[str, np.ndarray]:
+        """The item tables a fusion's similarities read, by :class:`~allmrec.fusion.FusionConfig` name."""
+        tables = {"text": lambda: self.text_table, "stage1_q": lambda: self.joint_items("all").numpy(), "stage1_e": lambda: self.joint_items("none").numpy()}
+        return {name: tables[name]() for name in names}
+
+    def fitted_fusion(self, name: str = "fusion"):
+        """A fitted fusion of the run (``fusion``: the best mode's prior; ``control``), rebuilt
+        on the run's CF model and tables."""
+        from allmrec.fusion.scorer import FusedScorer
+        from allmrec.fusion.training import load_sources
+
+        where = self.folder.fusion / name
+        if not is_finished(where):
+            raise FileNotFoundError(f"no fitted fusion in {where}; run `allmrec fuse --run {self.folder.root}` first")
+        meta, tensors = FusedScorer.read(where)
+        return FusedScorer.from_saved(meta, tensors, load_sources(self, meta, tensors))
+
+    @cached_property
+    def fusion(self):
+        return self.fitted_fusion("fusion")
+
+    @cached_property
+    def control(self):
+        return self.fitted_fusion("control")
 
     @cached_property
     def tallrec(self):

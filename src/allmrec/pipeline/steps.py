@@ -2,11 +2,12 @@
 returns its result (the CLI prints).
 
     raw data -> prepared dataset (cache) -> CF model (run/cf) -> stage 1 (run/stage1)
-             -> stage 2 (run/stage2) -> evaluation (run/results)
+             -> fusions (run/fusion) -> stage 2 (run/stage2) -> evaluation (run/results)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -73,8 +74,49 @@ def align(res: Resources):
     return result
 
 
+def fuse(res: Resources) -> dict[str, Any]:
+    """Fit the run's two fusions (trains the CF model and stage 1 first when missing): ``fusion``
+    (the best mode's prior, ``fusion`` config section) and ``control`` (SASRec + text, no LLM).
+    Both leave out stage 2's held-out users and, when stage 2 trains on a sample of users, that
+    sample; one already fitted for the same CF model, options and users is kept.
+    Returns ``{name: model.json}`` of each."""
+    from allmrec.align.stage2.examples import curve_users, training_users
+    from allmrec.fusion.training import control_config, fit_run_fusion
+    from allmrec.utils.fingerprint import cf_identity
+    from allmrec.utils.io import read_json
+
+    ds = res.dataset
+    cf, _ = train_cf(res)
+    cfg = res.config.fusion()
+    if {"stage1_q", "stage1_e"} & set(cfg.tables) and not res.folder.finished("stage1"):
+        align(res)
+    res.folder.save_config(res.config)
+    s2 = res.config.stage2().train
+    excluded = curve_users(ds, s2)  # the LLM-path check's users: unseen by the fusion and by stage 2
+    if s2.max_train_users is not None:  # stage 2 trains on a sample: the fusion leaves it out too (out-of-sample prior scores)
+        excluded = np.union1d(excluded, training_users(ds, s2))
+    control = control_config(seed=cfg.seed, max_users=cfg.max_users, es_fraction=cfg.es_fraction)
+    out = {}
+    for name, config in (("fusion", cfg), ("control", control)):
+        where = res.folder.fusion / name
+        wanted = {"cf": cf_identity(cf), "fusion": dataclasses.asdict(config), "excluded": int(len(excluded))}
+        if not (res.folder.finished(f"fusion/{name}") and read_json(where / "done.json").get("inputs") == wanted):
+            fit_run_fusion(res, config, excluded, where, inputs=wanted)
+        out[name] = read_json(where / "model.json")
+    res.forget("fusion", "control", "stage2")
+    return out
+
+
+def prior(res: Resources, cfg) -> Any:
+    """The fitted fusion a ``prior: fusion`` stage 2 adds its LLM path to (fitted when missing)."""
+    if not (cfg.model.residual and cfg.model.prior == "fusion"):
+        return None
+    fuse(res)
+    return res.fusion
+
+
 def train_stage2(res: Resources):
-    """Stage 2 (trains the CF model and stage 1 first when they are missing)."""
+    """Stage 2 (trains the CF model, stage 1 and the fusion first when they are missing)."""
     from allmrec.align.stage2 import train_stage2 as train
 
     ds = res.dataset
@@ -82,10 +124,11 @@ def train_stage2(res: Resources):
     cfg = res.config.stage2()
     if cfg.model.item_table == "joint" and not res.folder.finished("stage1"):
         align(res)
+    fusion = prior(res, cfg)
     res.folder.save_config(res.config)
     table = res.item_table(cfg.model.item_table, cfg.train.seed)
     llm, tok = res.llm
-    model, state = train(ds, cf, table, llm, tok, cfg, res.folder.stage2, resume=True, progress=True)
+    model, state = train(ds, cf, table, llm, tok, cfg, res.folder.stage2, resume=True, progress=True, prior=fusion)
     res.forget("stage2")
     return model, state
 

@@ -11,9 +11,13 @@ In a config file::
 Modes (docs/modes.md):
 
 * ``best``: the frozen LLM reads the A-LLMRec prompt once; a listwise head scores the candidates
-  from its hidden states, on top of the frozen CF model's standardised score (residual); trained
-  on the held-out validation item of training users; soft-token projectors frozen, so each
-  example's LLM states are computed once;
+  from its hidden states, on top of the fitted fusion's standardised score (residual; the fusion
+  of the CF model, the text tower and stage 1's tables, :mod:`allmrec.fusion`); trained on the
+  held-out validation item of training users; soft-token projectors frozen, so each example's
+  LLM states are computed once. The LLM path is kept only when it beats the fusion on held-out
+  training users (``llm_path: auto``); otherwise the fusion answers alone, without an LLM forward;
+* ``cf-residual``: the best mode on top of the frozen CF model's score instead of the fusion (the
+  best mode of version 0.1; needs no fusion, so it moves across domains);
 * ``paper``: the paper's stage 2 (eq. 8), projectors trained with the next-token loss on the
   target title (last training item);
 * ``listwise``: the best mode without the CF residual (the LLM path alone).
@@ -33,12 +37,15 @@ from allmrec.llm.prompt import PromptConfig
 OBJECTIVES = ("lm", "listwise")
 TRAIN_TARGETS = ("train", "valid")
 ITEM_TABLES = ("joint", "cf", "random", "zeros")
+PRIORS = ("cf", "fusion")
+LLM_PATHS = ("auto", "always")
 MODES: dict[str, dict[str, dict[str, Any]]] = {
-    "best": {"model": {"objective": "listwise", "residual": True}, "train": {"train_target": "valid", "train_projectors": False}},
+    "best": {"model": {"objective": "listwise", "residual": True, "prior": "fusion"}, "train": {"train_target": "valid", "train_projectors": False}},
+    "cf-residual": {"model": {"objective": "listwise", "residual": True, "prior": "cf"}, "train": {"train_target": "valid", "train_projectors": False}},
     "paper": {"model": {"objective": "lm", "residual": False}, "train": {"train_target": "train", "train_projectors": True}},
     "listwise": {"model": {"objective": "listwise", "residual": False}, "train": {"train_target": "valid", "train_projectors": False}},
 }
-MODE_LABELS = {"best": "best mode: listwise residual", "paper": "paper: LM loss", "listwise": "listwise", "custom": "custom stage 2"}
+MODE_LABELS = {"best": "best mode: fusion + LLM residual", "cf-residual": "listwise residual on CF", "paper": "paper: LM loss", "listwise": "listwise", "custom": "custom stage 2"}
 
 
 @dataclass
@@ -50,8 +57,14 @@ class Stage2ModelConfig:
     objective : ``"lm"`` (paper eq. 8: next-token loss on the target title; ranks by title
         likelihood or generates) or ``"listwise"`` (scores the candidates from the LLM's hidden
         states, :mod:`allmrec.align.stage2.listwise`).
-    residual : listwise only: the score is the frozen CF model's standardised score, gated, plus
-        what the LLM path adds; training starts at the CF model's ranking.
+    residual : listwise only: the score is the prior's standardised score, gated, plus what the
+        LLM path adds; training starts at the prior's ranking.
+    prior : what a residual model adds the LLM path to: ``"cf"`` (the frozen CF model's score)
+        or ``"fusion"`` (the run's fitted fusion, ``allmrec fuse``).
+    llm_path : ``"auto"``: after training, keep the LLM path only if on the held-out training
+        users (``train.valid_users``) its per-user log-likelihood of the target beats the prior's
+        with a paired-bootstrap 95% lower bound above 0; else recommend with the prior alone.
+        ``"always"``: keep it.
     head_width : hidden width of the listwise head.
     soft_norm : rescale every soft token to the mean norm of the LLM's own token embeddings.
     item_table : what the item soft tokens read: ``"joint"`` (stage-1 ``e_i``, the paper),
@@ -65,6 +78,8 @@ class Stage2ModelConfig:
 
     objective: str = "listwise"
     residual: bool = True
+    prior: str = "cf"
+    llm_path: str = "auto"
     head_width: int = 256
     soft_norm: bool = False
     item_table: str = "joint"
@@ -77,7 +92,7 @@ class Stage2ModelConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"stage2.model.dtype: expected one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name, allowed in (("objective", OBJECTIVES), ("item_table", ITEM_TABLES)):
+        for name, allowed in (("objective", OBJECTIVES), ("item_table", ITEM_TABLES), ("prior", PRIORS), ("llm_path", LLM_PATHS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"stage2.model.{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.residual and self.objective != "listwise":

@@ -22,7 +22,7 @@ from allmrec.utils.fingerprint import cf_identity, dataset_fingerprint, tensor_f
 from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json
 
 FORMAT = "allmrec-stage2/2"
-_LABELS = {"llm": "LLM", "cf": "CF model", "joint_items": "joint item embeddings", "dataset": "dataset"}
+_LABELS = {"llm": "LLM", "cf": "CF model", "joint_items": "joint item embeddings", "dataset": "dataset", "prior": "fitted fusion"}
 
 
 def identities(dataset: Any, cf_model: nn.Module, joint_items: torch.Tensor, llm: nn.Module) -> dict[str, str]:
@@ -46,7 +46,7 @@ def save_stage2(model: Stage2Model, out_dir: str | Path, step: int = 0) -> Path:
 
 
 def load_stage2(path: str | Path, llm: nn.Module | None = None, cf_model: nn.Module | None = None, joint_items: torch.Tensor | None = None,
-                device: str | torch.device | None = None) -> Stage2Model:
+                device: str | torch.device | None = None, prior: Any = None) -> Stage2Model:
     """Load the stage-2 model of a run folder (``model.json`` + ``model.safetensors``). When
     ``llm``, ``cf_model`` or ``joint_items`` are given they must be the ones it was trained with."""
     path = Path(path)
@@ -71,6 +71,8 @@ def load_stage2(path: str | Path, llm: nn.Module | None = None, cf_model: nn.Mod
         current["cf"] = cf_identity(cf_model)
     if joint_items is not None:
         current["joint_items"] = tensor_fingerprint(joint_items)
+    if prior is not None:
+        current["prior"] = prior.identity()
     check_identities(meta.get("identity", {}), current, path)
     config = from_dict(Stage2ModelConfig, meta["stage2"]["model"], where=f"{meta_path}: stage2.model")
     dims = meta["dims"]

@@ -26,14 +26,14 @@ from torch import nn
 from allmrec.align.stage2.config import Stage2Config
 from allmrec.align.stage2.examples import Examples, curve_users
 from allmrec.align.stage2.io import FORMAT, check_identities, identities, save_stage2
-from allmrec.align.stage2.listwise import listwise_loss
+from allmrec.align.stage2.listwise import listwise_loss, standardize
 from allmrec.align.stage2.model import Stage2Model
 from allmrec.align.stage2.scoring import Stage2Scorer
 from allmrec.cf.base import CFBackbone
 from allmrec.config import check_resumable, resumable_fields
 from allmrec.data.dataset import SequenceDataset
 from allmrec.data.queries import Queries
-from allmrec.eval.metrics import ranking_metrics, target_ranks
+from allmrec.eval.metrics import paired_bootstrap, ranking_metrics, target_ranks
 from allmrec.llm.loading import DTYPES, hidden_size
 from allmrec.llm.prompt import build_prompt, display_titles
 from allmrec.llm.reader import PromptReader
@@ -69,18 +69,33 @@ class _StateCache:
                      metadata={"key": self.key})
 
 
+def calibrated_loglik(scores: torch.Tensor) -> torch.Tensor:
+    """Per-row log-likelihood of column 0 under ``softmax(t * standardize(scores))`` with the
+    temperature ``t`` that fits these rows best (a prior's scale is arbitrary; choosing ``t`` on
+    the same rows favours the prior, so an LLM path that still beats it gains something real)."""
+    z = standardize(torch.as_tensor(scores, dtype=torch.float64))
+    candidates = [torch.log_softmax(t * z, 1)[:, 0] for t in torch.logspace(-2, 1, 61, dtype=torch.float64)]
+    return max(candidates, key=lambda ll: float(ll.mean()))
+
+
 class Stage2Task(TrainingTask):
     name = "stage 2"
     format = FORMAT
 
     def __init__(self, dataset: SequenceDataset, cf_model: CFBackbone, joint_items: torch.Tensor, llm: nn.Module, tokenizer: Any,
-                 config: Stage2Config, out_dir: Path | None) -> None:
+                 config: Stage2Config, out_dir: Path | None, prior: Any = None) -> None:
         if joint_items.dim() != 2 or joint_items.shape[0] != dataset.n_items + 1:
             raise ValueError(f"joint_items must have shape (n_items + 1, d') = ({dataset.n_items + 1}, d'), got {tuple(joint_items.shape)}")
         self.dataset, self.cf, self.llm, self.tokenizer, self.config = dataset, cf_model, llm, tokenizer, config
         self.train_cfg, self.model_cfg = config.train, config.model
         self.device = llm.get_input_embeddings().weight.device
         self.ids = identities(dataset, cf_model, joint_items, llm)
+        uses_prior = config.model.residual and config.model.prior == "fusion"
+        if uses_prior and prior is None:
+            raise ValueError("stage2.model.prior is 'fusion' but no fitted fusion was given (run `allmrec fuse` first, or use stage2.mode: cf-residual)")
+        self.prior = prior if uses_prior else None
+        if self.prior is not None:
+            self.ids["prior"] = self.prior.identity()
         self.examples = Examples(dataset, self.train_cfg)
         soft_norm = float(llm.get_input_embeddings().weight.detach().float().norm(dim=-1).mean()) if self.model_cfg.soft_norm else None
         self.model = Stage2Model(cf_model.dim, joint_items.shape[1], hidden_size(llm), self.model_cfg, seed=self.train_cfg.seed, soft_norm=soft_norm)
@@ -92,7 +107,7 @@ class Stage2Task(TrainingTask):
         self.model.meta = {"format": FORMAT, "stage2": dataclasses.asdict(config), "prompt": dataclasses.asdict(self.model_cfg.prompt_config()),
                            "identity": self.ids}
         self.joint = joint_items.detach().to(self.device)
-        self.scorer = Stage2Scorer(self.model, self.joint, cf_model, self.train_cfg.cf_batch_size)
+        self.scorer = Stage2Scorer(self.model, self.joint, cf_model, self.train_cfg.cf_batch_size, self.prior)
         self.titles = display_titles(dataset.titles, tokenizer, self.model_cfg.max_title_tokens)
         self.listwise = self.model_cfg.objective == "listwise"
         self.cached = self.listwise and not self.train_cfg.train_projectors
@@ -132,7 +147,7 @@ class Stage2Task(TrainingTask):
         self.llm.eval()
         if self.cached:
             self.fixed_cands = ex.plan(0)[1]
-            self.fixed_cf = self.scorer.cf_scores(ex.users, ex.histories, self.fixed_cands)
+            self.fixed_cf = self.scorer.base_scores(ex.users, ex.histories, self.fixed_cands)
             fixed = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in resumable_fields(type(cfg))}  # how long it trains does not matter
             key = strings_fingerprint([repr(sorted(self.ids.items())), repr(sorted(fixed.items())),
                                        repr(sorted(dataclasses.asdict(self.model_cfg).items()))])
@@ -164,7 +179,7 @@ class Stage2Task(TrainingTask):
             cf = self.fixed_cf[rows] if self.fixed_cf is not None else None
         else:
             h_cand, h_last = self.model.listwise_states(self.llm, self.tokenizer, prompts, self.x_u[rows].to(self.device), self.joint)
-            cf = self.scorer.cf_scores(ex.users[rows], [ex.histories[r] for r in rows], self.cands[rows])
+            cf = self.scorer.base_scores(ex.users[rows], [ex.histories[r] for r in rows], self.cands[rows])
         scores = self.model.score_states(h_cand, h_last, cf)
         return listwise_loss(scores, torch.as_tensor((self.cands[rows] == ex.targets[rows, None]).argmax(1)))
 
@@ -221,21 +236,46 @@ class Stage2Task(TrainingTask):
                       for k in range(len(queries))]
             v["h_cand"] = torch.stack([s[0][0].cpu() for s in states])
             v["h_last"] = torch.stack([s[1][0].cpu() for s in states])
-            v["cf"] = self.scorer.cf_scores(queries.users, queries.histories, shown)
+            v["cf"] = self.scorer.base_scores(queries.users, queries.histories, shown)
         shown_scores = self.model.score_states(v["h_cand"].to(self.device), v["h_last"].to(self.device), v["cf"]).float().cpu().numpy()
         scores = np.empty_like(shown_scores)
         np.put_along_axis(scores, v["perms"], shown_scores, 1)
         return scores
 
+    def llm_path_check(self) -> dict[str, Any]:
+        """Whether the LLM path beats the prior alone on the held-out users' validation items:
+        the paired-bootstrap interval of the per-user gain in log-likelihood of the target over
+        the prior at its best temperature (``llm_path: auto`` keeps the path only when the lower
+        bound is above 0)."""
+        held_out = curve_users(self.dataset, self.train_cfg)
+        if not self.model_cfg.residual or len(held_out) == 0:
+            return {"checked": False, "adopted": True, "why": "no residual prior or no held-out users (stage2.train.valid_users)"}
+        self.model.eval()
+        queries = Queries.from_split(self.dataset, "valid", held_out)
+        if self.cached:
+            with_llm = self._cached_validation(queries)
+        else:
+            with_llm = PromptReader(self.llm, self.tokenizer, self.dataset.titles, self.dataset.wording, self.model.prompt_config(), self.scorer,
+                                    seed=self.train_cfg.seed).score(queries)
+        base = self.scorer.base_scores(queries.users, queries.histories, queries.candidates)
+        with_llm_loglik = torch.log_softmax(torch.as_tensor(with_llm, dtype=torch.float64), 1)[:, 0]
+        gain = paired_bootstrap(with_llm_loglik.numpy(), calibrated_loglik(base).numpy(), seed=self.train_cfg.seed)
+        adopted = self.model_cfg.llm_path == "always" or gain["low"] > 0
+        return {"checked": True, "adopted": bool(adopted), "loglik_gain": gain, "prior": self.model_cfg.prior,
+                "hit@1": {"with_llm": float((target_ranks(with_llm) == 0).mean()), "prior": float((target_ranks(base) == 0).mean())}}
+
     def finish(self, state: dict[str, Any]) -> None:
         self.model.eval()
+        if self.listwise:
+            self.model.meta["llm_path"] = self.llm_path_check()
         self.model.meta.update(trainer_state=state)
         if self.out_dir is not None:
             save_stage2(self.model, self.out_dir, step=state["step"])
 
 
 def train_stage2(dataset: SequenceDataset, cf_model: CFBackbone, joint_items: torch.Tensor, llm: nn.Module, tokenizer: Any,
-                 config: Stage2Config | None = None, out_dir: str | Path | None = None, resume: bool = True, progress: bool = True) -> tuple[Stage2Model, dict[str, Any]]:
+                 config: Stage2Config | None = None, out_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
+                 prior: Any = None) -> tuple[Stage2Model, dict[str, Any]]:
     """Train stage 2.
 
     Parameters
@@ -249,6 +289,8 @@ def train_stage2(dataset: SequenceDataset, cf_model: CFBackbone, joint_items: to
     resume : continue from the newest checkpoint in ``out_dir`` (refused if it was made for another
         LLM, CF model, joint table, dataset or config); ``False`` starts over.
     progress : show a progress bar.
+    prior : the fitted fusion (:class:`allmrec.fusion.FusedScorer`) a ``prior: fusion`` model
+        adds its LLM path to.
 
     Returns
     -------
@@ -261,7 +303,7 @@ def train_stage2(dataset: SequenceDataset, cf_model: CFBackbone, joint_items: to
     if out is not None and not resume:
         for name in ("model.json", "model.safetensors", "llm_states.safetensors"):
             (out / name).unlink(missing_ok=True)
-    task = Stage2Task(dataset, cf_model, joint_items, llm, tokenizer, config, out)
+    task = Stage2Task(dataset, cf_model, joint_items, llm, tokenizer, config, out, prior)
     t = config.train
     options = LoopOptions(epochs=t.epochs, max_steps=t.max_steps, checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
                           log_every=t.log_every, validate_every_steps=t.eval_every if t.valid_users else 0, progress=progress)
