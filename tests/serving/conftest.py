@@ -6,9 +6,6 @@ line, with a random 2-layer GPT-2 as the LLM (fast) and the bundled text encoder
 from __future__ import annotations
 
 import csv
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -95,41 +92,9 @@ def walkthrough(tmp_path_factory, tiny_gpt2_folder):
     return root, run, artifact
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def loaded(walkthrough):
+    """The walk-through's artifact loaded once (read-only servers share it)."""
+    from allmrec.serving import TrainedRecommender
 
-
-class LiveServer:
-    """``allmrec.serving.app`` under uvicorn in a thread of the test process, on 127.0.0.1."""
-
-    def __init__(self, artifact, **options) -> None:
-        import uvicorn
-
-        from allmrec.serving.app import ServeOptions, create_app
-
-        self.app = create_app(artifact, ServeOptions(**options))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        import httpx
-
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/ready", timeout=5).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"server at {self.url} not ready: {self.app.state.allmrec.error}")
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+    return TrainedRecommender.from_pretrained(walkthrough[2])

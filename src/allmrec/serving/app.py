@@ -67,7 +67,7 @@ class ServerState:
     def _rank(self, rows: list[RankRow]) -> list[dict[str, Any]]:
         return self.engine(rows)
 
-    def load(self) -> None:
+    def load(self, model: Any = None) -> None:
         import torch
 
         from allmrec.serving.trained import TrainedRecommender
@@ -75,15 +75,15 @@ class ServerState:
         if self.options.threads > 0:
             torch.set_num_threads(self.options.threads)
         t0 = time.perf_counter()
-        model = TrainedRecommender.from_pretrained(self.root, llm=self.options.llm, device=self.options.device)
+        model = model or TrainedRecommender.from_pretrained(self.root, llm=self.options.llm, device=self.options.device)
         self.engine = RankEngine(model, self.options.n_candidates, self.options.cold_slots, self.options.max_batch)
         self.model = model
         self.metrics.items = len(model.catalogue)
         log.info("loaded %s (%d items) in %.1f s", model.manifest["id"], len(model.catalogue), time.perf_counter() - t0)
 
-    async def load_async(self) -> None:
+    async def load_async(self, model: Any = None) -> None:
         try:
-            await self.batcher.call(self.load)
+            await self.batcher.call(lambda: self.load(model))
         except Exception as err:  # noqa: BLE001 - reported by /ready
             self.error = f"{type(err).__name__}: {err}"
             log.error("could not load %s: %s", self.root, self.error)
@@ -139,15 +139,16 @@ def _query_int(request: Any, name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-def create_app(artifact: str | Path, options: ServeOptions | None = None):
+def create_app(artifact: str | Path, options: ServeOptions | None = None, model: Any = None):
     """The FastAPI application serving artifact folder ``artifact`` (the model loads in the
-    background once the server starts: ``/ready`` says when)."""
+    background once the server starts: ``/ready`` says when); ``model``: a
+    :class:`~allmrec.serving.trained.TrainedRecommender` already loaded from it."""
     state = ServerState(Path(artifact).resolve(), options or ServeOptions())
 
     @asynccontextmanager
     async def lifespan(app):
         state.batcher.start()
-        loading = asyncio.get_running_loop().create_task(state.load_async())
+        loading = asyncio.get_running_loop().create_task(state.load_async(model))
         yield
         loading.cancel()
         await state.batcher.stop()
