@@ -219,7 +219,12 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, method: s
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move folder ``src`` to ``dst``, replacing ``dst`` (renames only: a complete version exists throughout)."""
+    """Move folder ``src`` to ``dst``, replacing ``dst`` (renames only: a complete version exists
+    throughout); entries get the usual umask-based modes (temporary files are owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [src, *src.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, old)
