@@ -1,10 +1,23 @@
-"""Helpers of the serving tests: a live server on 127.0.0.1 (uvicorn in a thread of the test process)."""
+"""Helpers of the serving tests: a live server on 127.0.0.1 (uvicorn in a thread of the test process), ``allmrec predict``."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+
+from typer.testing import CliRunner
+
+ARGS = ["--top-k", "4", "--shard-size", "7"]  # the predict tests' options: 40 users in 6 shards
+
+
+def predict_cli(artifact, out, *extra):
+    """``allmrec predict ARTIFACT --out OUT`` in this process; returns its output."""
+    from allmrec.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(artifact), "--out", str(out), *ARGS, *extra])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
 
 
 def free_port() -> int:
