@@ -25,6 +25,12 @@ def serve(artifact: Path = typer.Argument(..., help="Artifact folder written by 
           allow_writes: bool = typer.Option(False, "--allow-writes", help="Enable POST /v1/items (adds items to the artifact's added_items.json)."),
           log_level: str = typer.Option("info", "--log-level")) -> None:
     """Serve an exported model: /v1/rank, /v1/rank:batch, /v1/items, /health, /ready, /metrics and a web page at /."""
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        console.print(f"[red]error:[/red] allmrec serve needs {' and '.join(missing)}: pip install 'allmrec[serve]'")
+        raise typer.Exit(2)
     from allmrec.serving.app import ServeOptions, serve as run_server
     from allmrec.serving.artifact import read_manifest
     from allmrec.serving.requests import Limits
