@@ -42,6 +42,7 @@ from typing import Any, ContextManager
 import numpy as np
 import torch
 
+from allmrec import distributed
 from allmrec.utils.io import load_tensors, optimizer_from_tensors, optimizer_to_tensors, read_json, save_tensors, write_json
 from allmrec.utils.progress import progress_bar
 
@@ -129,6 +130,7 @@ def run_training(task: TrainingTask, options: LoopOptions, out_dir: str | Path |
     trainer state: ``step``, ``epoch``, ``history`` (one record per epoch), ``loss_log``,
     ``epoch_loss``, ``curve``, ``seconds`` (training time of all sessions), ``best``."""
     out = Path(out_dir) if out_dir is not None else None
+    distributed.init_from_env()  # under torchrun / accelerate launch: data-parallel, rank 0 writes
     with task.session():
         steps_per_epoch = task.steps_per_epoch()
         total = steps_per_epoch * options.epochs
@@ -137,16 +139,19 @@ def run_training(task: TrainingTask, options: LoopOptions, out_dir: str | Path |
         state = _fresh_state(task)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            if not resume:
+            if not resume and distributed.is_main():
                 clear_checkpoints(out)
+            distributed.barrier()
             state = _resume(task, out, state)
             if state["step"] > total:
                 raise ValueError(f"{out}: the checkpoint holds {state['step']} steps ({state['epoch']} epochs) but only {total} steps "
                                  f"({options.epochs} epochs) were asked for; ask for more, or start over in another folder")
-            (out / DONE).unlink(missing_ok=True)
+            distributed.barrier()  # every process has read the checkpoint before rank 0 replaces it
+            if distributed.is_main():
+                (out / DONE).unlink(missing_ok=True)
         _Loop(task, options, out, state, steps_per_epoch, total).run()
         task.finish(state)
-    if out is not None:
+    if out is not None and distributed.is_main():
         write_json(out / DONE, {"format": task.format, "step": state["step"], "epoch": state["epoch"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return state
 
@@ -171,7 +176,7 @@ class _Loop:
 
     def run(self) -> None:
         st, opt = self.state, self.opt
-        bar = progress_bar(total=self.total, initial=st["step"], desc=self.task.name, disable=not opt.progress)
+        bar = progress_bar(total=self.total, initial=st["step"], desc=self.task.name, disable=not opt.progress or not distributed.is_main())
         try:
             if opt.validate_every_steps:
                 self.curve_point()
@@ -250,8 +255,9 @@ class _Loop:
         self.started += time.perf_counter() - t0  # evaluation is not training time
 
     def checkpoint(self) -> None:
-        if self.out is not None:
+        if self.out is not None and distributed.is_main():
             save_checkpoint(self.out, self.task, self.state, self.opt.keep_checkpoints)
+        distributed.barrier()
 
 
 # ---- checkpoints ------------------------------------------------------------------------------

@@ -157,3 +157,30 @@ def test_text_tower_learns_a_sequential_text_pattern():
     other = [int(np.flatnonzero(groups[1:] == (u + 1) % 4)[0] + 1) for u in range(8)]
     s = tower.score(Queries(np.arange(8), hist, np.stack([same, other], 1), [str(u) for u in range(8)]))
     assert (s[:, 0] > s[:, 1]).all() and info["best"] is not None
+
+    # new items: a copy of item 1's text row scores as item 1 does, known items' scores stay
+    extra = table[1:2] + 0.0
+    before = tower.score(Queries(np.arange(8), hist, np.stack([same, other], 1), [str(u) for u in range(8)]))
+    tower.add_items(extra)
+    new_id = ds.n_items + 1
+    s = tower.score(Queries(np.arange(8), hist, np.stack([same, other, np.ones(8, int), np.full(8, new_id)], 1), [str(u) for u in range(8)]))
+    np.testing.assert_allclose(s[:, :2], before, atol=1e-6)
+    np.testing.assert_allclose(s[:, 2], s[:, 3], atol=1e-6)
+
+
+def test_a_grown_fusion_scores_new_items_and_leaves_known_ones(fitted):
+    """New items get every table's rows and zero popularity; known items' scores do not move."""
+    ds, _, config, excluded, _ = fitted
+    gen = np.random.default_rng(3)
+    table = gen.normal(size=(ds.n_items + 1, 4))
+    sources = FeatureSources({"cf": Noise(0)}, {"text": table}, ds.train_item_counts())
+    scorer = FusedScorer(sources, Design(["cf", "text_dmean"]), [Fusion(2, 0, 0, "linear")])
+    q = Queries(np.arange(5), [ds.sequences[u][:3] for u in range(5)], np.tile(np.arange(1, 7), (5, 1)), [str(u) for u in range(5)])
+    before = scorer.score(q)
+    with pytest.raises(ValueError, match="every table"):
+        scorer.add_items({}, {"other": table[:1]})
+    scorer.add_items({}, {"text": table[1:3]})
+    assert scorer.n_items == ds.n_items + 2 and scorer.sources.item_counts[-2:].tolist() == [0, 0]
+    np.testing.assert_allclose(scorer.score(q), before, atol=1e-6)
+    grown = Queries(q.users, q.histories, np.concatenate([q.candidates, np.full((5, 1), ds.n_items + 1)], 1), q.keys)
+    assert scorer.score(grown).shape == (5, 7)

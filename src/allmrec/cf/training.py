@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from allmrec import distributed
 from allmrec.cf.base import CFBackbone
 from allmrec.cf.evaluate import evaluate_cf
 from allmrec.cf.io import load_cf, save_cf
@@ -139,11 +140,16 @@ class CFTrainingTask(TrainingTask):
             raise RuntimeError("CF epochs resume at epoch boundaries only (no mid-epoch checkpoints)")
         self._next += 1
         batch = {k: v.to(self.device) for k, v in next(self._batches).items()}
-        loss = self.model.training_loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+        if distributed.world_size() > 1:  # this process's rows of the global batch
+            batch = {k: v[distributed.local_rows(len(v))] for k, v in batch.items()}
+
+        def compute():
+            rows = len(next(iter(batch.values())))
+            count = float((batch["positives"] != 0).sum()) if "positives" in batch else float(rows)  # the loss's normaliser
+            return (self.model.training_loss(batch) if (rows and count) or distributed.world_size() == 1 else None), count, ()
+
+        loss, _ = distributed.step(self.optimizer, compute)
+        return loss
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         seconds = time.perf_counter() - self._started
@@ -156,12 +162,15 @@ class CFTrainingTask(TrainingTask):
         return evaluate_cf(self.model, self.dataset, "valid", self.valid_users, self.config.eval_batch_size)
 
     def keep_best(self, epoch: int, metrics: dict[str, float]) -> None:
-        save_cf(self.model, self.out_dir, self.dataset, epoch=epoch, valid=metrics, train_config=dataclasses.asdict(self.config))
+        if distributed.is_main():
+            save_cf(self.model, self.out_dir, self.dataset, epoch=epoch, valid=metrics, train_config=dataclasses.asdict(self.config))
+        distributed.barrier()
 
     def finish(self, state: dict[str, Any]) -> None:
-        if not (self.out_dir / "model.json").exists():
+        if distributed.is_main() and not (self.out_dir / "model.json").exists():
             # No validation ran (epochs == 0): the current weights are the only model there is.
             save_cf(self.model, self.out_dir, self.dataset, epoch=state["epoch"], train_config=dataclasses.asdict(self.config))
+        distributed.barrier()
         self.best = load_cf(self.out_dir, device=self.device, item_features=self.features)
 
 

@@ -11,7 +11,10 @@ import typer
 
 from allmrec import __version__
 from allmrec.cli import experiment as _experiment
+from allmrec.cli import export as _export
 from allmrec.cli import pipeline as _pipeline
+from allmrec.cli import predict as _predict
+from allmrec.cli import serve as _serve
 from allmrec.cli.options import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="A-LLMRec: LLMs meet collaborative filtering.")
@@ -33,5 +36,8 @@ def main(
 
 _pipeline.register(app)
 _experiment.register(app)
+_export.register(app)
+_serve.register(app)
+_predict.register(app)
 
 __all__ = ["app"]

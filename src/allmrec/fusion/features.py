@@ -78,7 +78,8 @@ def cf_confidence(scores: np.ndarray) -> dict[str, np.ndarray]:
     top = -np.sort(-z, 1)
     p = np.exp(scores - scores.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    return {"u_margin": (top[:, 0] - top[:, 1]).astype(np.float32), "u_ent": (-(p * np.log(p + 1e-12)).sum(1)).astype(np.float32)}
+    margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else np.zeros(len(top))  # one candidate: no runner-up
+    return {"u_margin": margin.astype(np.float32), "u_ent": (-(p * np.log(p + 1e-12)).sum(1)).astype(np.float32)}
 
 
 @dataclass
@@ -108,3 +109,16 @@ class FeatureSources:
         if "cf" in out:
             out.update(cf_confidence(out["cf"]))
         return out
+
+    def grown(self, experts: Mapping[str, Any], rows: Mapping[str, np.ndarray]) -> "FeatureSources":
+        """These sources with new items appended (ids ``n_items + 1, ...``): ``experts`` replace
+        those of the same name (scorers that know the new items), ``rows[name]`` holds each
+        table's rows of the new items; a new item has no training interactions."""
+        if set(rows) != set(self.tables):
+            raise ValueError(f"new items need rows of every table {sorted(self.tables)}, got {sorted(rows)}")
+        n_new = {len(r) for r in rows.values()}
+        if len(n_new) > 1:
+            raise ValueError(f"the tables' new rows disagree on the number of new items: {sorted(n_new)}")
+        tables = {name: np.concatenate([t, np.asarray(rows[name], dtype=t.dtype)]) for name, t in self.tables.items()}
+        k = n_new.pop() if n_new else 0
+        return FeatureSources({**self.experts, **experts}, tables, np.concatenate([self.item_counts, np.zeros(k, dtype=self.item_counts.dtype)]))

@@ -44,6 +44,15 @@ class FusedScorer(Recommender):
     def score(self, queries: Queries) -> np.ndarray:
         return self.score_features(self.sources.features(self.check(queries)))
 
+    def add_items(self, experts: dict[str, Any], rows: dict[str, np.ndarray]) -> None:
+        """Score new items too (see :meth:`FeatureSources.grown`; a text tower among the experts
+        gets the new items' ``text`` rows)."""
+        tower = self.sources.experts.get("tower")
+        if tower is not None and "tower" not in experts:
+            tower.add_items(rows["text"])
+        self.sources = self.sources.grown(experts, {name: r for name, r in rows.items() if name in self.sources.tables})
+        self.n_items = len(self.sources.item_counts) - 1
+
     # ---- files ---------------------------------------------------------------------------------
     def save(self, folder: str | Path, extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
         folder = Path(folder)

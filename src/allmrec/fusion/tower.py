@@ -42,6 +42,7 @@ class TowerConfig:
 class TextTower(nn.Module):
     def __init__(self, table: np.ndarray, config: TowerConfig) -> None:
         super().__init__()
+        self.center = np.asarray(table, dtype=np.float32)[1:].mean(0)  # kept: added items are centred the same way
         self.register_buffer("table", torch.as_tensor(normalize_rows(table, center=True)), persistent=False)  # rebuilt from the encoder
         gen = torch.Generator().manual_seed(config.seed)
         self.mlp = nn.Sequential(nn.Linear(self.table.shape[1], config.hidden), nn.GELU(), nn.Linear(config.hidden, config.dim))
@@ -57,6 +58,13 @@ class TextTower(nn.Module):
         ages = torch.arange(recent_items.shape[1] - 1, -1, -1, dtype=torch.float32)
         w = (DECAY**ages).unsqueeze(0) * (recent_items != 0)
         return F.normalize((self.items(recent_items) * w.unsqueeze(-1)).sum(1), dim=-1)
+
+    def add_items(self, rows: np.ndarray) -> None:
+        """Append the text-table rows of new items (ids ``n_items + 1, ...``); known items' scores
+        do not change."""
+        rows = np.asarray(rows, dtype=np.float32) - self.center
+        unit = normalize_rows(np.concatenate([np.zeros((1, rows.shape[1]), np.float32), rows]))[1:]
+        self.table = torch.cat([self.table, torch.as_tensor(unit).to(self.table)])
 
     @torch.no_grad()
     def score(self, queries: Queries) -> np.ndarray:

@@ -87,6 +87,11 @@ class PromptReader:
             raise ValueError("the 'soft' prompt style needs soft tokens (a stage-2 model); use PromptConfig(style='text') for LLM-Only")
         self.shown_titles = display_titles(self.titles, self.tokenizer, self.prompt.max_title_tokens)
 
+    def add_titles(self, titles: Sequence[str]) -> None:
+        """Show new items (ids after the current ones) by these titles."""
+        self.shown_titles.extend(display_titles(list(titles), self.tokenizer, self.prompt.max_title_tokens))
+        self.__dict__.pop("_title_tokens", None)  # recounted at the next batch plan
+
     @property
     def listwise(self) -> bool:
         return bool(getattr(self.source, "listwise", False)) and self.prompt.style == "soft"

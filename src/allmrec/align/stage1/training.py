@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from allmrec import distributed
 from allmrec.align.stage1.model import Stage1Config, Stage1Model
 from allmrec.cf.base import CFBackbone
 from allmrec.cf.evaluate import user_representations
@@ -217,22 +218,27 @@ class Stage1Task(TrainingTask):
 
     def step(self, epoch: int, index: int) -> float:
         inputs, bs = self._ensure_inputs(), self.config.batch_size
-        sl = slice(index * bs, (index + 1) * bs)
-        idx = torch.from_numpy(self.order[sl]).to(self.device)
-        pos = torch.from_numpy(self.examples.positives[self.order[sl]]).to(self.device)
-        neg = torch.from_numpy(self.negatives[sl]).to(self.device)
-        if self.trainable_encoder:
-            q = self._encode(torch.cat([pos, neg]))
-            q_pos, q_neg = q[: len(pos)], q[len(pos) :]
-        else:
-            q_pos, q_neg = inputs["texts"][pos], inputs["texts"][neg]
-        out = self.model.losses(inputs["users"][idx], inputs["items"][pos], inputs["items"][neg], q_pos, q_neg)
-        self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        self.optimizer.step()
-        for k in LOSSES:
-            self.sums[k] += float(out[k].detach())
-        return float(out["loss"].detach())
+        sl = np.arange(len(self.order))[index * bs : (index + 1) * bs]
+        sl = sl[distributed.local_rows(len(sl))]  # this process's rows of the global batch (all of them on one)
+
+        def compute():
+            if not len(sl):
+                return None, 0.0, ()
+            idx = torch.from_numpy(self.order[sl]).to(self.device)
+            pos = torch.from_numpy(self.examples.positives[self.order[sl]]).to(self.device)
+            neg = torch.from_numpy(self.negatives[sl]).to(self.device)
+            if self.trainable_encoder:
+                q = self._encode(torch.cat([pos, neg]))
+                q_pos, q_neg = q[: len(pos)], q[len(pos) :]
+            else:
+                q_pos, q_neg = inputs["texts"][pos], inputs["texts"][neg]
+            out = self.model.losses(inputs["users"][idx], inputs["items"][pos], inputs["items"][neg], q_pos, q_neg)
+            return out["loss"], float(len(sl)), [out[k].detach() for k in LOSSES[1:]]
+
+        loss, parts = distributed.step(self.optimizer, compute, n_extra=len(LOSSES) - 1)
+        for k, v in zip(LOSSES, [loss, *parts]):
+            self.sums[k] += v
+        return loss
 
     def _encode(self, items: torch.Tensor) -> torch.Tensor:
         """The fine-tuned encoder's ``Q`` of ``items``: each distinct item text encoded once (a
@@ -261,7 +267,8 @@ class Stage1Task(TrainingTask):
         self.model.eval()
         self.encoder.freeze()
         self.history = state["history"]
-        if self.out_dir is None:
+        if self.out_dir is None or not distributed.is_main():
+            distributed.barrier()
             return
         save_tensors(self.out_dir / "model.safetensors", self.model.state_dict(), metadata={"format": FORMAT})
         if self.trainable_encoder:
@@ -269,6 +276,7 @@ class Stage1Task(TrainingTask):
         write_json(self.out_dir / "model.json", {"format": FORMAT, "stage1": dataclasses.asdict(self.config), "identity": self._identity,
                                                  "text_encoder_fingerprint": self.encoder.fingerprint(), "history": self.history,
                                                  "examples": len(self.examples.users), "skipped_users": self.examples.skipped_users})
+        distributed.barrier()
 
 
 def _init_model(d_cf: int, d_text: int, config: Stage1Config) -> Stage1Model:

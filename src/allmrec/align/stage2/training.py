@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from allmrec import distributed
 from allmrec.align.stage2.config import Stage2Config
 from allmrec.align.stage2.examples import Examples, curve_users
 from allmrec.align.stage2.io import FORMAT, check_identities, identities, save_stage2
@@ -186,23 +187,27 @@ class Stage2Task(TrainingTask):
     def step(self, epoch: int, index: int) -> float:
         ex, bs = self.examples, self.train_cfg.batch_size
         rows = self.order[index * bs : (index + 1) * bs]
-        prompts = [build_prompt(ex.histories[r], self.cands[r], self.titles, self.dataset.wording, self.model_cfg.prompt_config(), int(ex.targets[r]))
-                   for r in rows]
-        if self.listwise:
-            loss = self._listwise_loss(rows, prompts)
-        else:
-            soft = self.model.soft_vectors(prompts, self.x_u[rows].to(self.device), self.joint)
-            batch = splice(prompts, self.tokenizer, self.llm.get_input_embeddings(), soft, targets=[p.target for p in prompts], padding_side="right")
-            loss = target_loss(self.llm, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage 2: non-finite loss {loss.item()}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+        rows = rows[distributed.local_rows(len(rows))]  # this process's rows of the global batch (all of them on one)
+
+        def compute():
+            if not len(rows):
+                return None, 0.0, ()
+            prompts = [build_prompt(ex.histories[r], self.cands[r], self.titles, self.dataset.wording, self.model_cfg.prompt_config(), int(ex.targets[r]))
+                       for r in rows]
+            if self.listwise:
+                loss, count = self._listwise_loss(rows, prompts), float(len(rows))
+            else:
+                soft = self.model.soft_vectors(prompts, self.x_u[rows].to(self.device), self.joint)
+                batch = splice(prompts, self.tokenizer, self.llm.get_input_embeddings(), soft, targets=[p.target for p in prompts], padding_side="right")
+                loss, count = target_loss(self.llm, batch), float((batch.labels[:, 1:] != -100).sum())  # a token mean: tokens weigh
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"stage 2: non-finite loss {loss.item()}")
+            return loss, count, ()
+
+        return distributed.step(self.optimizer, compute)[0]
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
-        if self.cached:
+        if self.cached and distributed.is_main():
             self.states.save()
         return {}
 
@@ -269,8 +274,9 @@ class Stage2Task(TrainingTask):
         if self.listwise:
             self.model.meta["llm_path"] = self.llm_path_check()
         self.model.meta.update(trainer_state=state)
-        if self.out_dir is not None:
+        if self.out_dir is not None and distributed.is_main():
             save_stage2(self.model, self.out_dir, step=state["step"])
+        distributed.barrier()
 
 
 def train_stage2(dataset: SequenceDataset, cf_model: CFBackbone, joint_items: torch.Tensor, llm: nn.Module, tokenizer: Any,
