@@ -9,7 +9,8 @@ every atomic write's body and before its rename, and between a task's final mode
 ``ALLMREC_FAULTS`` is a ``;``-separated list of settings (read at the first fault point of a
 process; :func:`reset` re-reads it, e.g. in a forked child):
 
-* ``log=PATH``: append ``<n>\\t<name>`` for every fault point reached (the n-th of this process);
+* ``log=PATH``: append ``<n>\\t<name>\\t<time.monotonic()>`` for every fault point reached (the n-th
+  of this process);
 * ``kill=N``: SIGKILL this process at its N-th fault point (nothing is flushed or cleaned up,
   as in a power cut or an out-of-memory kill);
 * ``match=PREFIX|PREFIX...``: count only the fault points whose names start with one of these
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 ENV = "ALLMREC_FAULTS"
@@ -70,7 +72,7 @@ def fault_point(name: str, partial: Path | None = None) -> None:
     if plan.log:
         fd = os.open(plan.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, f"{plan.count}\t{name}\n".encode())  # in the kernel's hands before any kill
+            os.write(fd, f"{plan.count}\t{name}\t{time.monotonic():.4f}\n".encode())  # in the kernel's hands before any kill
         finally:
             os.close(fd)
     if plan.match and not name.startswith(plan.match):
