@@ -122,7 +122,7 @@ def test_refusals_name_what_differs(tmp_path):
         run_training(Regression(lr=0.1), LoopOptions(epochs=2, progress=False), tmp_path)
     ckpt = latest_checkpoint(tmp_path)
     (ckpt / "weights.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="unreadable checkpoint"):
+    with pytest.raises(ValueError, match="weights.safetensors: corrupt checkpoint: SHA-256"):
         run_training(Regression(), LoopOptions(epochs=2, progress=False), tmp_path)
     # A half-written checkpoint folder (a crash mid-write) is never pointed at: the pointer is written last.
     (tmp_path / "checkpoints" / ".step-00000009.abc").mkdir()
@@ -138,3 +138,77 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
     task.step = lambda epoch, index: float("nan")
     with pytest.raises(FloatingPointError, match="non-finite loss nan at step 0"):
         run_training(task, LoopOptions(epochs=1, progress=False), Path(tmp_path))
+
+
+# ---- checkpoints after a crash (the crash harness, tests/test_crash_resume.py, kills real runs) ----------
+def test_a_corrupt_checkpoint_is_refused_with_the_file_named(tmp_path):
+    opts = LoopOptions(epochs=1, progress=False)
+    run_training(Regression(), opts, tmp_path)
+    ckpt = latest_checkpoint(tmp_path)
+    weights = ckpt / "weights.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit, still a valid safetensors file
+    with pytest.raises(ValueError, match=r"weights.safetensors: corrupt checkpoint: SHA-256 .* but trainer_state.json records"):
+        run_training(Regression(), LoopOptions(epochs=2, progress=False), tmp_path)
+    weights.write_bytes(good)
+    (ckpt / "optimizer.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"optimizer.safetensors: corrupt checkpoint: SHA-256 missing"):
+        run_training(Regression(), LoopOptions(epochs=2, progress=False), tmp_path)
+    run_training(Regression(), opts, tmp_path, resume=False)
+    state_file = latest_checkpoint(tmp_path) / "trainer_state.json"
+    saved = json.loads(state_file.read_text())
+    saved["loss_log"][0][1] += 1.0  # valid JSON, wrong content
+    state_file.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="does not match its recorded checksum"):
+        run_training(Regression(), LoopOptions(epochs=2, progress=False), tmp_path)
+    state_file.write_text(state_file.read_text()[:40])  # cut short
+    with pytest.raises(ValueError, match=r"corrupt checkpoint: .*trainer_state.json: line 1: invalid JSON"):
+        run_training(Regression(), LoopOptions(epochs=2, progress=False), tmp_path)
+
+
+def test_a_partial_checkpoint_and_stray_temporary_files_are_ignored_then_removed(tmp_path):
+    opts = LoopOptions(epochs=2, progress=False)
+    full = Regression()
+    run_training(full, opts, tmp_path / "full")
+    run_training(Regression(), LoopOptions(epochs=1, progress=False), tmp_path / "part")
+    part = tmp_path / "part"
+    # What a kill leaves: a half-written temporary checkpoint, torn atomic writes, and a complete
+    # checkpoint folder of a later step whose pointer never moved (all with wrong content).
+    (part / "checkpoints" / ".step-00000012.abc").mkdir()
+    (part / "checkpoints" / ".step-00000012.abc" / "weights.safetensors").write_bytes(b"half")
+    (part / ".latest.json.x1.tmp").write_text('{"step": 12, "path": "checkp')
+    (part / ".model.json.x2.tmp").write_text("")
+    stale = part / "checkpoints" / "step-00000012"
+    (stale).mkdir()
+    (stale / "trainer_state.json").write_text("{}")
+    resumed = Regression()
+    run_training(resumed, opts, part)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(full), _weights(resumed)))
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step-00000016"]
+    assert not list(part.rglob(".*"))
+
+
+def test_saving_a_step_again_replaces_only_its_state_file(tmp_path, monkeypatch):
+    """The last step is saved at its epoch's end and again when training ends (and when a finished
+    run is re-opened): the folder latest.json points to is never deleted, not even for a moment."""
+    import allmrec.checkpoint as checkpoint
+
+    removed = []
+    real_rmtree = checkpoint.shutil.rmtree
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", lambda path, *a, **k: (removed.append(Path(path).name), real_rmtree(path, *a, **k)))
+    run_training(Regression(), LoopOptions(epochs=1, progress=False), tmp_path)
+    run_training(Regression(), LoopOptions(epochs=1, progress=False), tmp_path)  # re-opened: saves step 8 again
+    assert "step-00000008" not in removed and latest_checkpoint(tmp_path).name == "step-00000008"
+    assert json.loads((latest_checkpoint(tmp_path) / "trainer_state.json").read_text())["files"].keys() == {"weights.safetensors", "optimizer.safetensors"}
+
+
+def test_an_epochs_last_step_is_saved_once_after_its_bookkeeping(tmp_path, monkeypatch):
+    """A step checkpoint at an epoch's last step, before the epoch's history record, let a crash
+    between the two lose the record (found by the crash harness in stage 2's paper mode)."""
+    import allmrec.training as training
+
+    saved = []
+    real = training.save_checkpoint
+    monkeypatch.setattr(training, "save_checkpoint", lambda out, task, state, keep: (saved.append((state["step"], len(state["history"]))), real(out, task, state, keep))[1])
+    run_training(Regression(), LoopOptions(epochs=2, checkpoint_every=4, progress=False), tmp_path)
+    assert saved == [(4, 0), (8, 1), (12, 1), (16, 2), (16, 2)]  # 8 and 16 only with their epoch's record; 16 again at the end

@@ -19,8 +19,10 @@ Run folder (``out_dir``)::
     done.json                    training finished (the loop writes it last)
 
 A checkpoint folder is written under a temporary name and renamed; ``latest.json`` is replaced
-atomically after that, so a crash at any point leaves the previous checkpoint usable. Resuming
-continues from ``latest.json`` when the task's identity (its defining options and the
+atomically after that, so a crash at any point leaves a complete, verified checkpoint to resume
+from (the layout, its SHA-256 checks and what holds after a crash: :mod:`allmrec.checkpoint`).
+An epoch's last step is checkpointed once, after the epoch's bookkeeping (its history record,
+validation, best model), so a crash cannot separate the two. Resuming continues from ``latest.json`` when the task's identity (its defining options and the
 identities of its inputs) equals the checkpoint's; otherwise it is an error that names what
 differs. Every epoch's plan derives from ``(seed, epoch)`` and random state is re-seeded per
 epoch (or step) by the task, so a resumed run computes exactly what the uninterrupted run would.
@@ -29,9 +31,6 @@ epoch (or step) by the task, so a resumed run computes exactly what the uninterr
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
@@ -43,10 +42,12 @@ import numpy as np
 import torch
 
 from allmrec import distributed
-from allmrec.utils.io import load_tensors, optimizer_from_tensors, optimizer_to_tensors, read_json, save_tensors, write_json
+from allmrec.checkpoint import DONE, clear_checkpoints, clear_leftovers, latest_checkpoint, save_checkpoint, verified_state
+from allmrec.utils.faults import fault_point
+from allmrec.utils.io import load_tensors, optimizer_from_tensors, write_json
 from allmrec.utils.progress import progress_bar
 
-DONE = "done.json"
+__all__ = ["DONE", "LoopOptions", "TrainingTask", "clear_checkpoints", "is_finished", "latest_checkpoint", "run_training", "save_checkpoint"]
 
 
 @dataclass
@@ -151,6 +152,7 @@ def run_training(task: TrainingTask, options: LoopOptions, out_dir: str | Path |
                 (out / DONE).unlink(missing_ok=True)
         _Loop(task, options, out, state, steps_per_epoch, total).run()
         task.finish(state)
+    fault_point("training:finished")
     if out is not None and distributed.is_main():
         write_json(out / DONE, {"format": task.format, "step": state["step"], "epoch": state["epoch"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return state
@@ -178,7 +180,7 @@ class _Loop:
         st, opt = self.state, self.opt
         bar = progress_bar(total=self.total, initial=st["step"], desc=self.task.name, disable=not opt.progress or not distributed.is_main())
         try:
-            if opt.validate_every_steps:
+            if opt.validate_every_steps and st["step"] == 0:  # a resumed run has its points up to its checkpoint
                 self.curve_point()
             while st["step"] < self.total and not self.stopped():
                 epoch, within = divmod(st["step"], self.steps_per_epoch)
@@ -189,14 +191,16 @@ class _Loop:
                         break
                     loss = self.task.step(epoch, index)
                     self.record_step(epoch, loss)
+                    fault_point(f"step:{st['step']}")
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", refresh=False)
                     if opt.validate_every_steps and st["step"] % opt.validate_every_steps == 0:
                         self.curve_point()
-                    if opt.checkpoint_every and st["step"] % opt.checkpoint_every == 0 and st["step"] < self.total:
-                        self.checkpoint()
+                    if opt.checkpoint_every and st["step"] % opt.checkpoint_every == 0 and st["step"] < self.total and index + 1 < self.steps_per_epoch:
+                        self.checkpoint()  # (an epoch's last step is saved after the epoch's bookkeeping, below)
                 if st["step"] % self.steps_per_epoch == 0:  # the epoch is complete
                     self.end_epoch(epoch, time.perf_counter() - epoch_started)
+                    fault_point(f"epoch:{epoch + 1}")
                     self.checkpoint()
             if opt.validate_every_steps:
                 self.curve_point()
@@ -260,56 +264,13 @@ class _Loop:
         distributed.barrier()
 
 
-# ---- checkpoints ------------------------------------------------------------------------------
-def save_checkpoint(out_dir: Path, task: TrainingTask, state: dict[str, Any], keep: int) -> Path:
-    """Write ``checkpoints/step-<step>/`` and point ``latest.json`` at it; keep the newest
-    ``keep`` checkpoint folders. A step already saved is replaced (a finished run re-opened)."""
-    root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{state['step']:08d}"
-    final = root / name
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-    try:
-        save_tensors(tmp / "weights.safetensors", task.trained_state(), metadata={"format": task.format, "step": str(state["step"])})
-        tensors, opt_meta = optimizer_to_tensors(task.optimizer)
-        save_tensors(tmp / "optimizer.safetensors", tensors)
-        write_json(tmp / "trainer_state.json", {**state, "identity": task.identity(), "optimizer": opt_meta})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    write_json(out_dir / "latest.json", {"step": state["step"], "path": f"checkpoints/{name}"})
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The checkpoint folder ``latest.json`` points to, or ``None`` when there is none yet."""
-    out_dir = Path(out_dir)
-    pointer = out_dir / "latest.json"
-    if not pointer.exists():
-        return None
-    path = out_dir / str(read_json(pointer).get("path", ""))
-    if not (path / "trainer_state.json").exists():
-        raise ValueError(f"{pointer}: field 'path' points to {path}, which holds no checkpoint (deleted?)")
-    return path
-
-
-def clear_checkpoints(out_dir: Path) -> None:
-    """Forget a previous run in ``out_dir``: its checkpoints, pointer and finished marker."""
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    for name in ("latest.json", DONE):
-        (out_dir / name).unlink(missing_ok=True)
-
-
+# ---- resuming -----------------------------------------------------------------------------------
 def _resume(task: TrainingTask, out: Path, state: dict[str, Any]) -> dict[str, Any]:
+    clear_leftovers(out)
     ckpt = latest_checkpoint(out)
     if ckpt is None:
         return state
-    saved = read_json(ckpt / "trainer_state.json")
+    saved = verified_state(ckpt)
     if saved.get("format") != task.format:
         raise ValueError(f"{ckpt / 'trainer_state.json'}: field 'format' is {saved.get('format')!r}, expected {task.format!r}")
     task.check_resume(saved.get("identity", {}), ckpt)

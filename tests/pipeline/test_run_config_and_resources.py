@@ -67,6 +67,18 @@ def test_a_trained_model_is_read_from_its_own_files(tmp_path):
         res.stage1
 
 
+def test_an_interrupted_training_is_not_read_as_a_model(tmp_path):
+    """A CF run killed after its first epochs holds a model.safetensors (the best epoch so far),
+    a checkpoint and no done.json: reading it as the run's model is refused, naming the command."""
+    ds = tiny_dataset(n_users=10, n_items=30, seq_len=6)
+    folder = RunFolder(tmp_path / "run")
+    train_cf(ds, TrainCFConfig(backbone="gru4rec", epochs=1, patience=0, backbone_options={"dim": 8, "max_len": 10}), folder.cf, progress=False)
+    (folder.cf / "done.json").unlink()
+    res = Resources(RunConfig({"cf": {"backbone": "gru4rec"}}), folder, dataset=lambda: ds)
+    with pytest.raises(ValueError, match=r"its training was interrupted .* run `allmrec train-cf --run .*` again"):
+        res.cf
+
+
 def test_evaluate_writes_per_user_columns_and_one_row_per_scenario(tmp_path):
     ds = tiny_dataset(n_users=12, n_items=30, seq_len=6)
     res = Resources(RunConfig({"eval": {"methods": ["popularity"], "scenarios": ["overall", "warm_items"], "max_users": 8}}), RunFolder(tmp_path / "run"),

@@ -278,8 +278,9 @@ class TallrecTask(TrainingTask):
     name = "TALLRec"
     format = FORMAT
 
-    def __init__(self, dataset: SequenceDataset, llm: nn.Module, tokenizer: Any, config: TallrecConfig) -> None:
+    def __init__(self, dataset: SequenceDataset, llm: nn.Module, tokenizer: Any, config: TallrecConfig, out_dir: Path | None = None) -> None:
         _check_frozen(llm)
+        self.out_dir = out_dir
         self.dataset, self.llm, self.tokenizer, self.config = dataset, llm, tokenizer, config
         self.device = llm.get_input_embeddings().weight.device
         self.ids = {"llm": llm_identity(llm), "dataset": dataset_fingerprint(dataset)}
@@ -329,9 +330,14 @@ class TallrecTask(TrainingTask):
         return float(loss.detach())
 
     def finish(self, state: dict[str, Any]) -> None:
+        """Write the final LoRA weights + ``model.json`` (before the loop's ``done.json``)."""
         self.state = state
         state["step_seconds"] = state["seconds"] / state["step"] if state["step"] else 0.0
         state["trainable_params"] = int(sum(p.numel() for p in self.params))
+        self.final_meta = {**self.meta, "state": {"step": state["step"], "seconds": state["seconds"]}}
+        if self.out_dir is not None:
+            save_tensors(self.out_dir / "model.safetensors", _lora_state(self.peft_model), metadata={"format": FORMAT, "step": str(state["step"])})
+            write_json(self.out_dir / "model.json", {**self.final_meta, "trainer_state": state})
 
 
 def train_tallrec(
@@ -368,15 +374,11 @@ def train_tallrec(
     """
     config = config or TallrecConfig()
     out = Path(out_dir) if out_dir is not None else None
-    task = TallrecTask(dataset, llm, tokenizer, config)
+    task = TallrecTask(dataset, llm, tokenizer, config, out)
     options = LoopOptions(epochs=config.epochs, max_steps=config.max_steps, checkpoint_every=config.checkpoint_every,
                           keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, progress=progress)
     state = run_training(task, options, out, resume=resume)
-    meta = {**task.meta, "state": {"step": state["step"], "seconds": state["seconds"]}}
-    if out is not None:
-        save_tensors(out / "model.safetensors", _lora_state(task.peft_model), metadata={"format": FORMAT, "step": str(state["step"])})
-        write_json(out / "model.json", {**meta, "trainer_state": state})
-    return _finish(task.peft_model, llm, meta, merge=False), state
+    return _finish(task.peft_model, llm, task.final_meta, merge=False), state
 
 
 def load_tallrec(path: str | Path, llm: nn.Module, *, merge: bool = False) -> nn.Module:

@@ -46,8 +46,11 @@ def _done(results: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
 
 
 def _save(fig, path: Path) -> Path:
+    from allmrec.utils.io import atomic_path
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # a crash mid-write leaves the previous plot, not half a PNG
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

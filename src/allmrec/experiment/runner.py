@@ -23,7 +23,7 @@ from allmrec.experiment.scoring import UnitScorer
 from allmrec.experiment.store import UnitStore, invocations, stable_hash
 from allmrec.experiment.units import UnitBuilder
 from allmrec.pipeline.config import RunConfig
-from allmrec.utils.io import read_json, write_json
+from allmrec.utils.io import clear_temporary, read_json, write_json
 
 FORMAT = "allmrec-experiment/1"
 
@@ -134,6 +134,8 @@ class ExperimentRunner:
     def run(self, plots: bool = True) -> dict[str, Any]:
         """Run every unit of the plan (skipping finished ones); write results, report and plots."""
         self.root.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.root / "units", self.root / "plots"):  # what a crashed run's writes left
+            clear_temporary(folder, recursive=folder != self.root)
         write_json(self.root / "experiment.json", self.cfg.to_dict())
         steps = self.steps()
         self._plan = [s.uid for s in steps]

@@ -26,7 +26,10 @@ import torch
 
 from allmrec.pipeline.config import RunConfig
 from allmrec.training import is_finished
-from allmrec.utils.io import atomic_path
+from allmrec.utils.io import atomic_path, clear_temporary
+
+
+_COMMANDS = {"cf": "allmrec train-cf", "stage1": "allmrec align", "stage2": "allmrec train", "tallrec": "allmrec experiment"}
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,18 @@ class RunFolder:
         """Whether the training run of ``step`` (``cf``, ``stage1``, ``fusion``, ``stage2``, ``tallrec``) finished."""
         return is_finished(self.root / step)
 
+    def require_finished(self, step: str) -> None:
+        """Refuse to read the model of a training that was interrupted (a checkpoint there, no
+        ``done.json``): its files are an unfinished run's (for the CF model, the best epoch so far)."""
+        folder = getattr(self, step)
+        if (folder / "latest.json").exists() and not is_finished(folder):
+            command = _COMMANDS[step]
+            raise ValueError(f"{folder}: its training was interrupted (a checkpoint, no done.json), so its model is not final; "
+                             f"run `{command} --run {self.root}` again to resume and finish it")
+
     def save_config(self, config: RunConfig) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
+        clear_temporary(self.root)  # what a crashed command's write left (only the run's commands write here)
         path = self.root / "config.yaml"
         with atomic_path(path) as tmp:
             tmp.write_text(config.to_yaml())
@@ -108,6 +121,7 @@ class Resources:
         from allmrec.cf.io import load_cf, saved_backbone
         from allmrec.cf.registry import get_backbone_class
 
+        self.folder.require_finished("cf")
         where = self.folder.cf
         if not (where / "model.safetensors").exists():
             raise FileNotFoundError(f"no trained CF model in {where}; run `allmrec train-cf --run {self.folder.root}` first")
@@ -123,6 +137,7 @@ class Resources:
         """``(model, text_encoder, config)`` of the trained stage 1."""
         from allmrec.align.stage1 import load_stage1
 
+        self.folder.require_finished("stage1")
         if not (self.folder.stage1 / "model.json").exists():
             raise FileNotFoundError(f"no trained stage 1 in {self.folder.stage1}; run `allmrec align --run {self.folder.root}` first")
         return load_stage1(self.folder.stage1)
@@ -133,6 +148,7 @@ class Resources:
         from allmrec.align.stage2 import load_stage2
         from allmrec.utils.io import read_json
 
+        self.folder.require_finished("stage2")
         path = self.folder.stage2 / "model.json"
         if not path.exists():
             raise FileNotFoundError(f"no stage-2 model in {self.folder.stage2}; run `allmrec train --run {self.folder.root}` first")
@@ -176,6 +192,7 @@ class Resources:
     def tallrec(self):
         from allmrec.baselines.tallrec import load_tallrec
 
+        self.folder.require_finished("tallrec")
         if not (self.folder.tallrec / "model.json").exists():
             raise FileNotFoundError(f"no TALLRec model in {self.folder.tallrec}; train it first (the experiment suite does)")
         return load_tallrec(self.folder.tallrec, self.llm[0])

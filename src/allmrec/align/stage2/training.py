@@ -147,7 +147,9 @@ class Stage2Task(TrainingTask):
         self.x_u = self.scorer.user_reps(ex.users, ex.histories)
         self.llm.eval()
         if self.cached:
-            self.fixed_cands = ex.plan(0)[1]
+            self.fixed_order, self.fixed_cands = ex.plan(0)
+            bs = cfg.batch_size
+            self._batch_of = {int(r): k // bs for k, r in enumerate(self.fixed_order)}
             self.fixed_cf = self.scorer.base_scores(ex.users, ex.histories, self.fixed_cands)
             fixed = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in resumable_fields(type(cfg))}  # how long it trains does not matter
             key = strings_fingerprint([repr(sorted(self.ids.items())), repr(sorted(fixed.items())),
@@ -162,13 +164,25 @@ class Stage2Task(TrainingTask):
         if self.cached:
             self.cands = self.fixed_cands  # the cached LLM states are those of epoch 0's candidates
 
-    def _cached_states(self, rows: np.ndarray, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = [k for k, r in enumerate(rows) if int(r) not in self.states.rows]
-        if missing:
-            with torch.no_grad():
-                hc, hl = self.model.listwise_states(self.llm, self.tokenizer, [prompts[k] for k in missing], self.x_u[rows[missing]].to(self.device), self.joint)
-            for j, k in enumerate(missing):
-                self.states.rows[int(rows[k])] = (hc[j].cpu(), hl[j].cpu())
+    def _prompts(self, rows: np.ndarray, cands: np.ndarray) -> list:
+        ex = self.examples
+        return [build_prompt(ex.histories[r], cands[r], self.titles, self.dataset.wording, self.model_cfg.prompt_config(), int(ex.targets[r]))
+                for r in rows]
+
+    def _compute_states(self, batch: int) -> None:
+        """The LLM states of epoch 0's batch ``batch``. States are always computed in epoch 0's
+        batches (the same padding, the same numbers) whichever session needs them: an
+        uninterrupted run in epoch 0, or a run resumed mid-epoch for the batches before its checkpoint."""
+        bs = self.train_cfg.batch_size
+        rows = self.fixed_order[batch * bs : (batch + 1) * bs]
+        with torch.no_grad():
+            hc, hl = self.model.listwise_states(self.llm, self.tokenizer, self._prompts(rows, self.fixed_cands), self.x_u[rows].to(self.device), self.joint)
+        for j, r in enumerate(rows):
+            self.states.rows[int(r)] = (hc[j].cpu(), hl[j].cpu())
+
+    def _cached_states(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        for batch in sorted({self._batch_of[int(r)] for r in rows if int(r) not in self.states.rows}):
+            self._compute_states(batch)
         h_cand = torch.stack([self.states.rows[int(r)][0] for r in rows]).to(self.device)
         h_last = torch.stack([self.states.rows[int(r)][1] for r in rows]).to(self.device)
         return h_cand, h_last
@@ -176,7 +190,7 @@ class Stage2Task(TrainingTask):
     def _listwise_loss(self, rows: np.ndarray, prompts: list) -> torch.Tensor:
         ex = self.examples
         if self.cached:
-            h_cand, h_last = self._cached_states(rows, prompts)
+            h_cand, h_last = self._cached_states(rows)
             cf = self.fixed_cf[rows] if self.fixed_cf is not None else None
         else:
             h_cand, h_last = self.model.listwise_states(self.llm, self.tokenizer, prompts, self.x_u[rows].to(self.device), self.joint)
@@ -185,15 +199,14 @@ class Stage2Task(TrainingTask):
         return listwise_loss(scores, torch.as_tensor((self.cands[rows] == ex.targets[rows, None]).argmax(1)))
 
     def step(self, epoch: int, index: int) -> float:
-        ex, bs = self.examples, self.train_cfg.batch_size
+        bs = self.train_cfg.batch_size
         rows = self.order[index * bs : (index + 1) * bs]
         rows = rows[distributed.local_rows(len(rows))]  # this process's rows of the global batch (all of them on one)
 
         def compute():
             if not len(rows):
                 return None, 0.0, ()
-            prompts = [build_prompt(ex.histories[r], self.cands[r], self.titles, self.dataset.wording, self.model_cfg.prompt_config(), int(ex.targets[r]))
-                       for r in rows]
+            prompts = self._prompts(rows, self.cands)
             if self.listwise:
                 loss, count = self._listwise_loss(rows, prompts), float(len(rows))
             else:
@@ -207,7 +220,9 @@ class Stage2Task(TrainingTask):
         return distributed.step(self.optimizer, compute)[0]
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
-        if self.cached and distributed.is_main():
+        if self.cached and distributed.is_main():  # complete after epoch 0 (a run resumed mid-epoch computes the batches it lost), then saved
+            for batch in sorted({self._batch_of[r] for r in self._batch_of if r not in self.states.rows}):
+                self._compute_states(batch)
             self.states.save()
         return {}
 
