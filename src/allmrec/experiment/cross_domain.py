@@ -47,6 +47,33 @@ def text_derived_tables(stage1: tuple[Any, Any, Any], dataset: SequenceDataset, 
     return {"q": q, "cf": cf, "e": e}
 
 
+class _TargetTables:
+    """What a saved fusion's feature sources are rebuilt from (the ``Resources`` a fusion reads),
+    on a target catalogue: the moved CF model, the frozen text encoder's embeddings of the
+    needed items, the text-derived stage-1 tables, and no popularity (the source's fusion knows
+    none of the target's items)."""
+
+    def __init__(self, source: Any, dataset: SequenceDataset, cf_t: Any, tables: dict[str, torch.Tensor]) -> None:
+        from allmrec.text import item_text_embeddings, load_text_encoder
+
+        self.cf, self.tables = cf_t, tables
+        self.dataset = dataclasses.replace(dataset, train_users=np.zeros(dataset.n_users, dtype=bool))  # no training interactions
+        self.text_table = item_text_embeddings(load_text_encoder(source.config.text_encoder), dataset).numpy()  # every item: the tower centres on them
+
+    def fusion_tables(self, names: list[str]) -> dict[str, np.ndarray]:
+        known = {"text": self.text_table, "stage1_q": self.tables["q"].detach().numpy(), "stage1_e": self.tables["e"].detach().numpy()}
+        return {name: known[name] for name in names}
+
+
+def moved_fusion(source: Any, dataset: SequenceDataset, cf_t: Any, tables: dict[str, torch.Tensor]) -> Any:
+    """The source run's fitted fusion (a best-mode stage 2's prior) scoring ``dataset``'s items."""
+    from allmrec.fusion.scorer import FusedScorer
+    from allmrec.fusion.training import load_sources
+
+    meta, tensors = FusedScorer.read(source.folder.fusion / "fusion")
+    return FusedScorer.from_saved(meta, tensors, load_sources(_TargetTables(source, dataset, cf_t, tables), meta, tensors))
+
+
 def transplant_cf(cf_model: Any, dataset: SequenceDataset, item_table: torch.Tensor) -> Any:
     """A copy of a sequential CF model for another catalogue: every weight kept except the item
     table, which becomes ``item_table`` ``(n_items + 1, dim)`` of ``dataset``."""
@@ -104,5 +131,6 @@ def cross_recommender(method: str, source: Any, dataset: SequenceDataset, users:
     from allmrec.align.stage2 import load_stage2
 
     stage2 = load_stage2(source.folder.stage2, llm=llm)
-    scorer = Stage2Scorer(stage2, tables["e"] if method == "allmrec" else tables["q"], cf_t)
+    prior = moved_fusion(source, dataset, cf_t, tables) if stage2.residual and stage2.config.prior == "fusion" else None
+    scorer = Stage2Scorer(stage2, tables["e"] if method == "allmrec" else tables["q"], cf_t, prior=prior)
     return LLMRecommender(PromptReader(llm, tok, dataset.titles, dataset.wording, stage2.prompt_config(), scorer, seed=seed, progress=True))

@@ -22,9 +22,10 @@ def time_stage2_training(res: Any, steps: int, batch_size: int) -> dict[str, Any
     base = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size, eval_every=0, valid_users=0, max_train_users=None))
     table = res.item_table(cfg.model.item_table, cfg.train.seed)
     llm, tok = res.llm
+    prior = res.fusion if cfg.model.residual and cfg.model.prior == "fusion" else None  # fitted with the run's stage 2
     for n in (1, steps):  # warm-up, then the timed run
         run = dataclasses.replace(base, train=dataclasses.replace(base.train, max_steps=n))
-        _, state = train_stage2(res.dataset, res.cf, table, llm, tok, run, None, progress=False)
+        _, state = train_stage2(res.dataset, res.cf, table, llm, tok, run, None, progress=False, prior=prior)
     return {"steps": int(state["step"]), "seconds": float(state["seconds"]), "seconds_per_step": float(state["seconds"]) / max(int(state["step"]), 1)}
 
 
