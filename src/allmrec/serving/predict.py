@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from allmrec.utils.io import atomic_path, write_json
+from allmrec.utils.io import atomic_path, clear_temporary, write_json
 
 MERGED = "recommendations.parquet"
 
@@ -110,7 +110,10 @@ def predict(artifact: str | os.PathLike, users: str = "all", out_dir: str | os.P
     options = {"top_k": top_k, "n_candidates": n_candidates, "cold_slots": cold_slots, "batch_size": batch_size, "threads": threads}
     shards = [wanted[s : s + shard_size] for s in range(0, len(wanted), shard_size)]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        clear_temporary(out)  # what a killed run's shard writes left
+    state.wait_for_everyone()  # before any process writes a shard
     done = skipped = 0
     with state.split_between_processes(list(range(len(shards)))) as mine:
         for s in mine:
