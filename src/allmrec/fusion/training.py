@@ -35,7 +35,7 @@ from allmrec.fusion.model import Design, Fusion
 from allmrec.fusion.scorer import FusedScorer
 from allmrec.fusion.tower import TowerConfig
 from allmrec.training import DONE, LoopOptions, TrainingTask, run_training
-from allmrec.utils.io import write_json
+from allmrec.utils.io import clear_temporary, write_json
 from allmrec.utils.seed import rng
 
 GATES = ["logpop", "u_len", "u_margin", "u_ent"]
@@ -249,6 +249,7 @@ def fit_run_fusion(resources: Any, config: FusionConfig, excluded: np.ndarray, o
         scorer.meta["tower"] = tower_info
     extra = {f"tower.{k}": v for k, v in tower.state_dict().items()} if tower is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_temporary(out_dir)  # what a killed fit's writes left
     (out_dir / DONE).unlink(missing_ok=True)
     scorer.save(out_dir, extra)
     write_json(out_dir / DONE, {"identity": scorer.identity(), "inputs": inputs or {}})
