@@ -102,3 +102,15 @@ class TinyCF(CFBackbone):
 
 def tiny_cf(dataset: SequenceDataset, dim: int = 8) -> TinyCF:
     return TinyCF(CFConfig(n_items=dataset.n_items, n_users=dataset.n_users, dim=dim, max_len=10)).eval()
+
+
+def save_tiny_gpt2(folder: Path) -> Path:
+    """A random 2-layer GPT-2 (width 32) with the bundled tokenizer's vocabulary, saved in ``folder``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tok = load_llm()
+    config = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

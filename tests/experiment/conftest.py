@@ -33,18 +33,9 @@ def write_dataset(folder, things, n_users=40, seed=0):
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory):
     """A random 2-layer GPT-2 (width 32) with the bundled tokenizer's vocabulary."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from helpers import save_tiny_gpt2
 
-    from allmrec.llm import load_llm
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    _, tok = load_llm()
-    config = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 def tiny_config(root, llm_folder, bert_folder=None) -> dict:

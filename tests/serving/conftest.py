@@ -62,18 +62,9 @@ def ok(result):
 
 @pytest.fixture(scope="session")
 def tiny_gpt2_folder(tmp_path_factory):
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from helpers import save_tiny_gpt2
 
-    from allmrec.llm import load_llm
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    _, tok = load_llm()
-    config = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 @pytest.fixture(scope="session")
