@@ -79,7 +79,7 @@ def train(llm: Optional[str] = typer.Option(None, "--llm", help="'default' (bund
     console.print(f"stage 2 ({res.config.stage2().label}): {state['step']} steps; model: {res.folder.stage2 / 'model.safetensors'}")
 
 
-def evaluate(methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma list of cf, llm-only, allmrec, allmrec-sbert, popularity, ..."),
+def evaluate(methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma list of cf, text-sim, cf-text, fusion, llm-only, allmrec, allmrec-sbert, tallrec, popularity, ..."),
              mode: Optional[str] = typer.Option(None, "--mode", help="LLM inference: rank (likelihood / listwise scores), generate (greedy + exact match) or both."),
              max_users: Optional[int] = typer.Option(None, "--max-users", help="Evaluate a seeded random sample of this many users (--set eval.max_users=null: all)."),
              split: Optional[str] = typer.Option(None, "--split", help="test (default) or valid."),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -182,7 +183,7 @@ class TrainedRecommender(Recommender):
         if fusions:  # their features read the new items' rows of every item table
             with torch.no_grad():
                 e = model.encode_items(cf_rows.to(next(model.parameters()).device)).float().cpu()
-            rows = {"text": self._frozen_text_encoder().encode(texts).float().numpy(), "stage1_q": q.numpy(), "stage1_e": e.numpy()}
+            rows = {"text": self.frozen_text_encoder.encode(texts).float().numpy(), "stage1_q": q.numpy(), "stage1_e": e.numpy()}
         ids = self.catalogue.add([str(it["item_id"]) for it in items], [str(it["title"]) for it in items], texts)
         self.text_embeddings = torch.cat([self.text_embeddings, Q], 0)
         for fusion in fusions:
@@ -198,13 +199,12 @@ class TrainedRecommender(Recommender):
         source = getattr(self.reader, "source", None)
         return [m for m in (self.model, getattr(source, "prior", None)) if isinstance(m, FusedScorer)]
 
-    def _frozen_text_encoder(self):
+    @cached_property
+    def frozen_text_encoder(self):
         """The frozen text encoder of the fusions' text table (the run's ``text_encoder``)."""
-        if "frozen_text_encoder" not in self.__dict__:
-            from allmrec.text import load_text_encoder
+        from allmrec.text import load_text_encoder
 
-            self.__dict__["frozen_text_encoder"] = load_text_encoder(self.resources.config.text_encoder)
-        return self.__dict__["frozen_text_encoder"]
+        return load_text_encoder(self.resources.config.text_encoder)
 
     def _grow(self, new_cf: nn.Module, q: torch.Tensor, titles: list[str]) -> None:
         self.cf.model, self.cf.n_items = new_cf, len(self.catalogue)
