@@ -9,7 +9,9 @@ resumes, pre-training included) and is scored on the stored 1 + 19 test candidat
 sample of ``--users`` test users: the users ``allmrec evaluate`` samples with the default
 evaluation seed (2024), i.e. the same users as the all-round benchmark. Reported:
 Hit@1 (Wilson 95 % interval), NDCG@10 and the rest overall and for cold / warm test items (bottom
-/ top 35 % of items by training count), training time (pre-training steps, fine-tuning epochs,
+/ top 35 % of items by training count), each user's rank, paired-bootstrap differences of Hit@1
+against the all-round benchmark's methods on the same users (``--reference``: its run's
+``results/test.json``, when it holds these users), training time (pre-training steps, fine-tuning epochs,
 validation, and the wall time of this call) and inference cost (item table and users). Results
 are merged into ``--results`` (default ``benchmarks/results/baselines_beauty.json``) after each
 method. ``--set METHOD.KEY=VALUE`` overrides a preset's TrainCFConfig field (YAML value; dotted
@@ -32,9 +34,10 @@ import numpy as np
 import yaml
 
 from allmrec.cf import TrainCFConfig, score_candidates, train_cf
+from allmrec.checkpoint import latest_checkpoint
 from allmrec.data import load_preset, prepare
 from allmrec.data.scenarios import item_groups
-from allmrec.eval.metrics import hit_interval, ranking_metrics, target_ranks
+from allmrec.eval.metrics import hit_interval, paired_bootstrap, ranking_metrics, target_ranks
 from allmrec.eval.report import machine_description
 from allmrec.eval.users import sample_users, split_users
 from allmrec.utils.io import read_json, write_json
@@ -53,8 +56,8 @@ EVAL_SEED = 2024  # allmrec.pipeline.EvalOptions.seed
 #   validation, ~10 min test.
 RECOMMENDED = {
     "ctrl": dict(backbone="ctrl", backbone_options=dict(pretrain_epochs=20, pretrain_batch_size=128, pretrain_users=0), epochs=200, patience=20),
-    "recformer": dict(backbone="recformer", backbone_options=dict(max_tokens=256, pretrain_epochs=1, pretrain_users=1000, pretrain_batch_size=16, save_every=25),
-                      epochs=2, batch_size=16, lr=5e-5, patience=0, max_train_users=2000, max_valid_users=300),
+    "recformer": dict(backbone="recformer", backbone_options=dict(max_tokens=256, pretrain_epochs=1, pretrain_users=640, pretrain_batch_size=16, save_every=25),
+                      epochs=1, batch_size=16, lr=5e-5, patience=0, max_train_users=1600, max_valid_users=300),
 }
 SMOKE = {
     "ctrl": dict(backbone="ctrl", backbone_options=dict(pretrain_epochs=2, pretrain_users=2000), epochs=3, patience=0, max_valid_users=1000),
@@ -95,8 +98,8 @@ def run_method(ds, name: str, options: dict, users: np.ndarray, groups: dict, ou
     t0 = time.perf_counter()
     model, history = train_cf(ds, config, out / name, resume=True, progress=progress)
     wall = time.perf_counter() - t0
-    state_path = out / name / "trainer_state.json"
-    pretrain = (read_json(state_path).get("pretrain") if state_path.exists() else None) or {}
+    pretrain_ckpt = latest_checkpoint(out / name / "pretrain")
+    pretrain = read_json(pretrain_ckpt / "trainer_state.json") if pretrain_ckpt else {}
     t1 = time.perf_counter()
     model.item_embeddings()  # RECFORMER encodes (and caches) its item table here; free for CTRL
     t2 = time.perf_counter()
@@ -105,11 +108,12 @@ def run_method(ds, name: str, options: dict, users: np.ndarray, groups: dict, ou
     validated = [h for h in history if "valid" in h]
     best = max(validated, key=lambda h: h["valid"]["ndcg@10"]) if validated else None
     return {
+        "ranks": ranks.tolist(),
         "config": asdict(config),
         "backbone_config": asdict(model.config),
         "metrics": {g: summary(ranks[mask]) for g, mask in groups.items()},
         "training": {
-            "pretrain_steps": pretrain.get("step"), "pretrain_step_seconds": pretrain.get("seconds"), "pretrain_users": pretrain.get("users"),
+            "pretrain_steps": pretrain.get("step"), "pretrain_epochs": pretrain.get("epoch"), "pretrain_seconds": pretrain.get("seconds"),
             "epochs_run": len(history), "best_epoch": best["epoch"] if best else None,
             "train_seconds": sum(h["train_seconds"] for h in history), "valid_seconds": sum(h.get("eval_seconds", 0.0) for h in history),
             "wall_seconds_this_call": wall,
@@ -117,6 +121,19 @@ def run_method(ds, name: str, options: dict, users: np.ndarray, groups: dict, ou
         "inference": {"item_table_seconds": t2 - t1, "user_seconds": t3 - t2, "seconds_per_user": (t3 - t2) / max(len(users), 1),
                       "seconds_per_user_with_table": (t3 - t1) / max(len(users), 1)},
     }
+
+
+def paired_with_reference(ranks: np.ndarray, users: np.ndarray, groups: dict, reference: dict) -> dict:
+    """Hit@1 differences (paired bootstrap) against every method of an all-round ``test.json``."""
+    order = {int(u): i for i, u in enumerate(reference["per_user"]["users"])}
+    if any(int(u) not in order for u in users):
+        return {}
+    rows = np.array([order[int(u)] for u in users])
+    out = {}
+    for method, label in reference["labels"].items():
+        theirs = np.asarray(reference["per_user"][method]["rank"])[rows]
+        out[f"vs {label}"] = {g: paired_bootstrap(ranks[m] == 0, theirs[m] == 0) for g, m in groups.items()}
+    return out
 
 
 def main() -> None:
@@ -128,6 +145,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=["ctrl", "recformer"], default=["ctrl", "recformer"])
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
+    ap.add_argument("--reference", default="runs/allround-beauty/results/test.json",
+                    help="the all-round benchmark's per-user results on the same users (paired intervals)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
 
@@ -137,25 +156,34 @@ def main() -> None:
     cold, warm = item_groups(ds)
     targets = ds.test_candidates[users, 0]
     groups = {"overall": np.ones(len(users), bool), "cold_items": np.isin(targets, cold), "warm_items": np.isin(targets, warm)}
-    reference = ROOT / "benchmarks" / "results" / "stage2_modes_beauty.json"
     results_path = Path(args.results)
     results = read_json(results_path) if results_path.exists() else {"methods": {}}
     results.update({"dataset": ds.name, "fingerprint": ds.fingerprint, "users": len(users), "eval_seed": EVAL_SEED, "preset": args.preset,
                     "machine": machine_description(), "group_sizes": {g: int(m.sum()) for g, m in groups.items()}})
-    if reference.exists() and read_json(reference).get("users") == len(users):
-        sas = read_json(reference)["methods"]["SASRec"]
-        if {g: sas[g]["users"] for g in groups} != results["group_sizes"]:
-            raise SystemExit(f"the user sample differs from {reference.name}'s (group sizes {results['group_sizes']})")
+    reference_path = ROOT / "benchmarks" / "results" / "allround_beauty.json"
+    if reference_path.exists() and read_json(reference_path).get("users") == len(users):
+        sas = read_json(reference_path)["methods"]["SASRec"]
+        if {g: int(sas[g]["users"]) for g in groups} != results["group_sizes"]:
+            raise SystemExit(f"the user sample differs from {reference_path.name}'s (group sizes {results['group_sizes']})")
         results["reference_sasrec_same_users"] = {g: {k: sas[g][k] for k in ("hit@1", "ndcg@10")} for g in groups}
+    reference = read_json(args.reference) if Path(args.reference).exists() else None
     out = Path(args.out)
     for name in args.methods:
         print(f"== {name} ({args.preset})", flush=True)
+        previous = results["methods"].get(name) or {}
         results["methods"][name] = run_method(ds, name, presets[name], users, groups, out, not args.no_progress)
+        training = results["methods"][name]["training"]
+        earlier = (previous.get("training") or {}).get("wall_seconds_calls") or [(previous.get("training") or {}).get("wall_seconds_this_call")]
+        same_run = previous.get("config") == json.loads(json.dumps(results["methods"][name]["config"]))  # resumed: earlier calls did the work
+        training["wall_seconds_calls"] = [w for w in earlier if w is not None and same_run] + [training["wall_seconds_this_call"]]
+        if reference is not None:
+            results["methods"][name]["paired_hit@1"] = paired_with_reference(np.asarray(results["methods"][name]["ranks"]), users, groups, reference)
         write_json(results_path, results)
         m = results["methods"][name]["metrics"]
         print(f"{name}: Hit@1 {m['overall']['hit@1']:.4f} NDCG@10 {m['overall']['ndcg@10']:.4f} "
               f"cold Hit@1 {m['cold_items']['hit@1']:.4f} warm Hit@1 {m['warm_items']['hit@1']:.4f}", flush=True)
-    print(json.dumps({k: {"metrics": v["metrics"]["overall"], "training": v["training"], "inference": v["inference"]} for k, v in results["methods"].items()}, indent=1))
+    print(json.dumps({k: {"metrics": v["metrics"]["overall"], "training": v["training"], "inference": v["inference"],
+                          "paired_hit@1": {ref: d["overall"] for ref, d in v.get("paired_hit@1", {}).items()}} for k, v in results["methods"].items()}, indent=1))
 
 
 if __name__ == "__main__":
