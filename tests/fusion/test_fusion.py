@@ -2,6 +2,9 @@
 ranking, a fit that finds an informative expert, the popularity operating point, saving, and the
 users it is fitted on."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -151,7 +154,7 @@ def test_text_tower_learns_a_sequential_text_pattern():
         pool = np.flatnonzero(groups[1:] == g) + 1
         ds.sequences[u] = gen.permutation(pool)[:6]
     torch.manual_seed(0)
-    tower, info = train_text_tower(ds, table, TowerConfig(dim=8, hidden=16, epochs=6, batch_size=32, negatives=16, lr=1e-2))
+    tower, info = train_text_tower(ds, table, TowerConfig(dim=8, hidden=16, epochs=6, batch_size=32, negatives=16, lr=1e-2), cache=False)
     hist = [ds.sequences[u][:3] for u in range(8)]
     same = [ds.sequences[u][3] for u in range(8)]
     other = [int(np.flatnonzero(groups[1:] == (u + 1) % 4)[0] + 1) for u in range(8)]
@@ -166,6 +169,26 @@ def test_text_tower_learns_a_sequential_text_pattern():
     s = tower.score(Queries(np.arange(8), hist, np.stack([same, other, np.ones(8, int), np.full(8, new_id)], 1), [str(u) for u in range(8)]))
     np.testing.assert_allclose(s[:, :2], before, atol=1e-6)
     np.testing.assert_allclose(s[:, 2], s[:, 3], atol=1e-6)
+
+
+def test_text_tower_is_trained_once_per_dataset_table_and_options(tmp_path, monkeypatch):
+    import allmrec.fusion.tower as tower_module
+
+    ds = tiny_dataset(n_users=40, n_items=40, seq_len=5)
+    table = np.random.default_rng(2).normal(size=(ds.n_items + 1, 4))
+    config = TowerConfig(dim=4, hidden=8, epochs=2, batch_size=16, negatives=8)
+    first, info = train_text_tower(ds, table, config, cache_dir=tmp_path)
+    trained = tower_module.run_training
+    monkeypatch.setattr(tower_module, "run_training", lambda *a, **k: pytest.fail("trained again instead of loading"))
+    again, info_again = train_text_tower(ds, table, config, cache_dir=tmp_path)
+    assert info_again == json.loads(json.dumps(info)) and not again.training
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    monkeypatch.setattr(tower_module, "run_training", trained)
+    train_text_tower(ds, table, TowerConfig(**{**vars(config), "seed": 1}), cache_dir=tmp_path)  # other options
+    train_text_tower(ds, table + 1.0, config, cache_dir=tmp_path)  # another table
+    fewer = dataclasses.replace(ds, train_users=ds.train_users & (np.arange(ds.n_users) % 2 == 0))  # a scenario's users
+    train_text_tower(fewer, table, config, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 4
 
 
 def test_a_grown_fusion_scores_new_items_and_leaves_known_ones(fitted):

@@ -11,20 +11,30 @@ loss on a seeded 5% of the users held out.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
 from allmrec.data.dataset import SequenceDataset
 from allmrec.data.queries import Queries
 from allmrec.fusion.features import DECAY, HISTORY, normalize_rows, recent
 from allmrec.training import LoopOptions, TrainingTask, run_training
+from allmrec.utils.io import load_tensors, save_tensors
+from allmrec.utils.paths import cache_dir as default_cache_dir
 from allmrec.utils.seed import rng, torch_seed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -146,9 +156,39 @@ class TowerTask(TrainingTask):
         self.model.eval()
 
 
-def train_text_tower(dataset: SequenceDataset, table: np.ndarray, config: TowerConfig | None = None, progress: bool = False) -> tuple[TextTower, dict]:
-    """Train the tower (in memory: it takes a minute; its weights are saved with the fusion)."""
+def tower_cache_path(dataset: SequenceDataset, table: np.ndarray, config: TowerConfig, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache_dir>/<key>.safetensors``: the key hashes what the seeded training reads (the
+    training users' sequences: a scenario restricts the users and keeps the dataset's
+    fingerprint), the text table's bytes and the options."""
+    h = hashlib.sha256(f"{TowerTask.format}|{dataset.n_items}|{json.dumps(vars(config), sort_keys=True)}".encode())
+    table = np.ascontiguousarray(table, dtype=np.float32)
+    h.update(str(table.shape).encode() + table.tobytes())
+    for user in np.flatnonzero(dataset.train_users):
+        seq = np.asarray(dataset.sequences[user], dtype=np.int64)
+        h.update(np.asarray([user, len(seq)], dtype=np.int64).tobytes() + seq.tobytes())
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir("text_towers")
+    return folder / f"{h.hexdigest()[:24]}.safetensors"
+
+
+def train_text_tower(dataset: SequenceDataset, table: np.ndarray, config: TowerConfig | None = None, progress: bool = False,
+                     cache: bool = True, cache_dir: str | os.PathLike | None = None) -> tuple[TextTower, dict]:
+    """Train the tower in memory (a few minutes on CPU; its weights are saved with the fusion),
+    or, with ``cache``, load the one trained before on the same dataset, table and options
+    (:func:`tower_cache_path`, default folder ``$ALLMREC_HOME/text_towers``), so the many runs
+    of an experiment, or ``allmrec fuse`` run again, train it once."""
     config = config or TowerConfig()
+    path = tower_cache_path(dataset, table, config, cache_dir) if cache else None
+    if path is not None and path.exists():
+        tower = TextTower(table, config)
+        tower.load_state_dict(load_tensors(path))
+        with safe_open(str(path), "pt") as fh:
+            info = json.loads((fh.metadata() or {}).get("info", "{}"))
+        log.info("text tower loaded from %s", path)
+        return tower.eval(), info
     task = TowerTask(dataset, table, config)
     state = run_training(task, LoopOptions(epochs=config.epochs, validate_every_epochs=1, select="neg_loss", progress=progress), None)
-    return task.model, {"best": state["best"], "history": state["history"]}
+    # without the timings: the same inputs give the same bytes, trained or loaded
+    info = {"best": state["best"], "history": [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in state["history"]]}
+    if path is not None:
+        save_tensors(path, task.model.state_dict(), metadata={"info": json.dumps(info, default=float), "dataset": dataset.fingerprint})
+    return task.model, info
