@@ -146,7 +146,7 @@ class CTRL(SASRec):
         identity["text_encoder"] = encoder.fingerprint()
         device = self.item_emb.weight.device
         item_text = item_text_embeddings(encoder, dataset).to(device)
-        user_text = self._user_text(dataset, users, encoder, out_dir).to(device)
+        user_text = self._user_text(dataset, users, encoder, out_dir, progress).to(device)
         torch.manual_seed(int(rng(seed, "ctrl-heads").integers(0, 2**63 - 1)))
         heads = Projections(c.dim, item_text.shape[1], c.proj_dim).to(device)
 
@@ -162,7 +162,7 @@ class CTRL(SASRec):
         c = self.config
         return PretrainOptions(name=self.name, epochs=c.pretrain_epochs, batch_size=c.pretrain_batch_size, lr=c.pretrain_lr, save_every=c.save_every, seed=seed)
 
-    def _user_text(self, dataset: SequenceDataset, users: np.ndarray, encoder: Any, out_dir: Path) -> torch.Tensor:
+    def _user_text(self, dataset: SequenceDataset, users: np.ndarray, encoder: Any, out_dir: Path, progress: bool = False) -> torch.Tensor:
         """``(len(users), d_text)`` frozen embeddings of the users' prompts, cached in ``out_dir``
         under a key of the encoder's weights, its truncation length and the prompts."""
         prompts = [user_prompt(dataset, int(u), self.config.prompt_items) for u in users]
@@ -177,7 +177,7 @@ class CTRL(SASRec):
         old = encoder.max_seq_length
         encoder.max_seq_length = self.config.prompt_max_tokens
         try:
-            emb = encoder.encode(prompts)
+            emb = encoder.encode(prompts, progress=progress)  # the longest part of CTRL on Beauty: ~20 min for 22k prompts on one thread
         finally:
             encoder.max_seq_length = old
         save_tensors(path, {"embeddings": emb}, metadata={"key": key})
