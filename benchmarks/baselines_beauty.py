@@ -46,14 +46,14 @@ from allmrec.utils.seed import rng
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SEED = 2024  # allmrec.pipeline.EvalOptions.seed
 
-# Sized for the 2-core CPU from the smoke run's timings (shared CPU, one thread):
-# CTRL (~30 min): stage 1 on every training user (~11 min to encode 22k user prompts once, 0.15 s
-#   per step of 128), stage 2 = SASRec with the paper's settings (~15 min with validation).
-# RECFORMER (~2 h 15 min): MiniLM at 256 tokens; 14-25 s per fine-tuning step of 16 users
-#   (measured with the two cores shared, load 3-5), pre-training steps ~1.5x that (four forward
-#   passes with MLM), ~250 s per encoding of the 12,101-item table (each validation and the test
-#   need one), ~0.18 s per test user: ~30 min pre-training, ~85 min fine-tuning, ~10 min
-#   validation, ~10 min test.
+# Sized for the 2-core CPU; measured with this preset (1 thread, other jobs on the cores;
+# benchmarks/results/baselines_beauty.json):
+# CTRL (35 min): MiniLM encodes the 22k training users' prompts once (most of the time),
+#   20 pre-training epochs (8.8 min), SASRec's training with the paper's settings (5.3 min).
+# RECFORMER (~52 min): MiniLM at 256 tokens; 40 pre-training steps of 16 users (~30 s each with
+#   three jobs on the cores; 19.8 min), one fine-tuning epoch of 100 steps (~17 s each; 28 min),
+#   ~3 min per encoding of the 12,101-item table (the validation and the test need one),
+#   ~0.1 s per test user.
 RECOMMENDED = {
     "ctrl": dict(backbone="ctrl", backbone_options=dict(pretrain_epochs=20, pretrain_batch_size=128, pretrain_users=0), epochs=200, patience=20),
     "recformer": dict(backbone="recformer", backbone_options=dict(max_tokens=256, pretrain_epochs=1, pretrain_users=640, pretrain_batch_size=16, save_every=25),
@@ -171,15 +171,14 @@ def main() -> None:
     for name in args.methods:
         print(f"== {name} ({args.preset})", flush=True)
         previous = results["methods"].get(name) or {}
-        results["methods"][name] = run_method(ds, name, presets[name], users, groups, out, not args.no_progress)
-        training = results["methods"][name]["training"]
-        earlier = (previous.get("training") or {}).get("wall_seconds_calls") or [(previous.get("training") or {}).get("wall_seconds_this_call")]
-        same_run = previous.get("config") == json.loads(json.dumps(results["methods"][name]["config"]))  # resumed: earlier calls did the work
-        training["wall_seconds_calls"] = [w for w in earlier if w is not None and same_run] + [training["wall_seconds_this_call"]]
+        row = results["methods"][name] = run_method(ds, name, presets[name], users, groups, out, not args.no_progress)
+        resumed = previous.get("config") == json.loads(json.dumps(row["config"]))  # the same run: its earlier calls did the work
+        earlier = previous.get("training", {}).get("wall_seconds_calls", []) if resumed else []
+        row["training"]["wall_seconds_calls"] = earlier + [row["training"]["wall_seconds_this_call"]]
         if reference is not None:
-            results["methods"][name]["paired_hit@1"] = paired_with_reference(np.asarray(results["methods"][name]["ranks"]), users, groups, reference)
+            row["paired_hit@1"] = paired_with_reference(np.asarray(row["ranks"]), users, groups, reference)
         write_json(results_path, results)
-        m = results["methods"][name]["metrics"]
+        m = row["metrics"]
         print(f"{name}: Hit@1 {m['overall']['hit@1']:.4f} NDCG@10 {m['overall']['ndcg@10']:.4f} "
               f"cold Hit@1 {m['cold_items']['hit@1']:.4f} warm Hit@1 {m['warm_items']['hit@1']:.4f}", flush=True)
     print(json.dumps({k: {"metrics": v["metrics"]["overall"], "training": v["training"], "inference": v["inference"],

@@ -66,7 +66,7 @@ from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
 from allmrec.training import LoopOptions, TrainingTask, run_training
 from allmrec.utils.fingerprint import dataset_fingerprint, state_fingerprint
-from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json
+from allmrec.utils.io import load_tensors, read_json, save_tensors, tensors_metadata, write_json
 from allmrec.utils.seed import torch_seed
 
 log = logging.getLogger(__name__)
@@ -408,10 +408,7 @@ def load_tallrec(path: str | Path, llm: nn.Module, *, merge: bool = False) -> nn
         config = TallrecConfig(**meta["tallrec"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: field 'tallrec' is not a valid TallrecConfig ({err})") from None
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as fh:
-        saved_step = (fh.metadata() or {}).get("step")
+    saved_step = tensors_metadata(weights).get("step")
     meta_step = (meta.get("state") or {}).get("step")
     if saved_step is not None and meta_step is not None and int(saved_step) != int(meta_step):
         raise ValueError(f"{weights}: holds step {saved_step} but its description says step {meta_step} (interrupted write?)")

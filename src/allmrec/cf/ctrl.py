@@ -45,7 +45,7 @@ from allmrec.eval.users import sample_users
 from allmrec.cf.sasrec import SASRec, SASRecConfig
 from allmrec.data.dataset import SequenceDataset
 from allmrec.utils.fingerprint import strings_fingerprint
-from allmrec.utils.io import load_tensors, save_tensors
+from allmrec.utils.io import load_tensors, save_tensors, tensors_metadata
 from allmrec.utils.seed import rng
 
 
@@ -168,12 +168,8 @@ class CTRL(SASRec):
         prompts = [user_prompt(dataset, int(u), self.config.prompt_items) for u in users]
         key = hashlib.sha256(f"{encoder.fingerprint()}|{self.config.prompt_max_tokens}|{strings_fingerprint(prompts)}".encode()).hexdigest()[:24]
         path = out_dir / "user_text.safetensors"
-        if path.exists():
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("key") == key:
-                    return load_tensors(path)["embeddings"]
+        if path.exists() and tensors_metadata(path).get("key") == key:
+            return load_tensors(path)["embeddings"]
         old = encoder.max_seq_length
         encoder.max_seq_length = self.config.prompt_max_tokens
         try:

@@ -16,7 +16,7 @@ from allmrec.cf.registry import get_backbone_class
 from allmrec.config import from_dict
 from allmrec.data.dataset import SequenceDataset
 from allmrec.utils.fingerprint import dataset_fingerprint
-from allmrec.utils.io import load_tensors, read_json, save_tensors, write_json
+from allmrec.utils.io import load_tensors, read_json, save_tensors, tensors_metadata, write_json
 
 MODEL_FORMAT = "allmrec-cf/1"
 
@@ -103,10 +103,7 @@ def load_cf(
             raise ValueError(f"{meta_path}: {err}") from None
     elif item_features is not None:
         raise ValueError(f"{meta_path}: backbone {meta['backbone']!r} takes no item features")
-    from safetensors import safe_open
-
-    with safe_open(str(weights_path), framework="pt") as f:
-        saved_epoch = (f.metadata() or {}).get("epoch")
+    saved_epoch = tensors_metadata(weights_path).get("epoch")
     if saved_epoch is not None and "epoch" in meta and int(saved_epoch) != int(meta["epoch"]):
         raise ValueError(f"{weights_path}: holds epoch {saved_epoch} but {meta_path} describes epoch {meta['epoch']} (interrupted write?)")
     return model.to(device).eval()

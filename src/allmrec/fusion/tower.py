@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
 from allmrec.data.dataset import SequenceDataset
 from allmrec.data.queries import Queries
 from allmrec.fusion.features import DECAY, HISTORY, normalize_rows, recent
 from allmrec.training import LoopOptions, TrainingTask, run_training
-from allmrec.utils.io import load_tensors, save_tensors
+from allmrec.utils.io import load_tensors, save_tensors, tensors_metadata
 from allmrec.utils.paths import cache_dir as default_cache_dir
 from allmrec.utils.seed import rng, torch_seed
 
@@ -181,8 +180,7 @@ def train_text_tower(dataset: SequenceDataset, table: np.ndarray, config: TowerC
     if path is not None and path.exists():
         tower = TextTower(table, config)
         tower.load_state_dict(load_tensors(path))
-        with safe_open(str(path), "pt") as fh:
-            info = json.loads((fh.metadata() or {}).get("info", "{}"))
+        info = json.loads(tensors_metadata(path).get("info", "{}"))
         log.info("text tower loaded from %s", path)
         return tower.eval(), info
     task = TowerTask(dataset, table, config)

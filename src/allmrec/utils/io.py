@@ -118,6 +118,14 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     return load_file(str(path), device=str(device))
 
 
+def tensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file (``{}`` when it has none), read without its tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.metadata() or {}
+
+
 def _json_default(obj: Any) -> Any:
     import numpy as np
 

@@ -42,7 +42,7 @@ from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
 from allmrec.training import LoopOptions, TrainingTask, run_training
 from allmrec.utils.fingerprint import strings_fingerprint
-from allmrec.utils.io import load_tensors, save_tensors
+from allmrec.utils.io import load_tensors, save_tensors, tensors_metadata
 
 
 class _StateCache:
@@ -52,10 +52,7 @@ class _StateCache:
         self.path, self.key, self.users = path, key, users
         self.rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if path is not None and path.exists():
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                same = (fh.metadata() or {}).get("key") == key
+            same = tensors_metadata(path).get("key") == key
             saved = load_tensors(path) if same else {}
             if same and torch.equal(saved["users"], torch.as_tensor(users)):
                 for k, r in enumerate(saved["rows"].tolist()):
