@@ -75,6 +75,12 @@ def test_fingerprint_tracks_options_and_inputs(seqdir):
     assert fingerprint(fixture_config(seqdir, wording={"item": "product"})) != fp
     st = (seqdir / "items.jsonl").stat()
     os.utime(seqdir / "items.jsonl", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert fingerprint(cfg) == fp  # touched or re-mounted: same content, same dataset
+    moved = seqdir.parent / "moved"
+    shutil.copytree(seqdir, moved)  # copied elsewhere: a new path
+    assert fingerprint(fixture_config(moved)) == fp
+    with open(seqdir / "items.jsonl", "a") as f:
+        f.write("\n")  # one byte more
     assert fingerprint(cfg) != fp
 
 

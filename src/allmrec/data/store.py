@@ -11,7 +11,8 @@ The prepared folder ``<cache_root>/<name>-<fingerprint>/`` holds
 * ``meta.json``: options, input files, statistics, fingerprint, wording.
 
 The fingerprint is a short sha256 of the canonical JSON of every option plus each input
-file's resolved path, size and modification time, so changing either prepares anew. The
+file's size and content hash, so changing either prepares anew, while copying, moving or
+re-mounting the files (new paths and modification times) keeps every cache and checkpoint. The
 folder is written under a temporary name and renamed into place: a crash never leaves a
 half-written dataset, and an existing one is only replaced (``force``) once the new one is
 complete. Bad input fails while reading, before anything is written: a failed ``prepare``
@@ -20,6 +21,7 @@ leaves the cache as it was (``tests/data/test_fuzz.py`` checks it for every fuzz
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -54,7 +56,8 @@ def fingerprint(config: PrepareConfig, files: dict[str, Path] | None = None) -> 
     """12 hex digits identifying the prepared result of ``config`` on its current input files."""
     files = input_files(config) if files is None else files
     options = {k: v for k, v in config.to_dict().items() if k not in _PATH_OPTIONS}
-    payload = {"format_version": FORMAT_VERSION, "options": options, "inputs": _describe_inputs(files)}
+    inputs = {role: {k: v for k, v in d.items() if k != "path"} for role, d in _describe_inputs(files).items()}
+    payload = {"format_version": FORMAT_VERSION, "options": options, "inputs": inputs}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -63,8 +66,18 @@ def _describe_inputs(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
     out = {}
     for role, p in sorted(files.items()):
         st = p.stat()
-        out[role] = {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        out[role] = {"path": str(p), "size": st.st_size, "sha256": _content_hash(str(p.resolve()), st.st_size, st.st_mtime_ns)}
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes; memoised on (path, size, mtime) so one process reads each file once."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def dataset_dir(config: PrepareConfig, cache_root: str | Path | None = None) -> Path:
