@@ -174,3 +174,19 @@ def test_best_mode_fits_the_fusions_and_checks_the_llm_path(run_setup, tiny_llm_
     assert ("LLM path not adopted" in labels["allmrec"]) == (not check["adopted"])
     if not check["adopted"]:  # the fusion answers alone
         assert results["per_user"]["allmrec"]["rank"] == results["per_user"]["fusion"]["rank"]
+
+
+def test_fusion_leaves_out_stage2s_sample_unless_too_few_users_are_left(run_setup):
+    """40 training users, 6 held out for the LLM-path check: a stage-2 sample of 10 is left out of
+    the fusion's fitting users (24 left); one of 30 would leave 4, so the fusion fits on it too."""
+    root, config = run_setup
+    fitted = {}
+    for n in (10, 30):
+        run = root / f"run-fuse-{n}"
+        sets = ["--set", "stage2.mode=best", "--set", "stage2.train.valid_users=6", "--set", f"stage2.train.max_train_users={n}",
+                "--set", "fusion.seeds=1", "--set", "fusion.tower.epochs=1"]
+        _ok(runner.invoke(app, ["train-cf", "--config", str(config), "--run", str(run), *sets]))
+        _ok(runner.invoke(app, ["fuse", "--run", str(run)]))
+        meta = json.loads((run / "fusion" / "fusion" / "model.json").read_text())
+        fitted[n] = meta["fit_users"] + meta["es_users"]
+    assert fitted == {10: 40 - 6 - 10, 30: 40 - 6}

@@ -11,7 +11,9 @@ absent from its layer.
 Fields say how they may change between an interrupted training run and its resumption, on the
 field itself: :func:`runtime_field` (never changes what is computed: threads, device, logging,
 checkpoint cadence) and :func:`length_field` (how long training runs: may grow on resume). Every
-other field defines the result, and a resumed run refuses to continue if one differs.
+other field defines the result, and a resumed run refuses to continue if one differs. A defining
+field added after runs were recorded is an :func:`added_field`: at its default it is left out of
+identities, so what older runs computed keeps its name and stays resumable.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ def length_field(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={_RESUME: "length"}, **kwargs)
 
 
+def added_field(default: Any, **kwargs: Any) -> Any:
+    """A defining field added after runs were recorded without it: a record that lacks it had
+    ``default``, and at ``default`` it is left out of :func:`defining_options`."""
+    return dataclasses.field(default=default, metadata={_RESUME: "added"}, **kwargs)
+
+
+def _added_at_default(config: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(config) if f.metadata.get(_RESUME) == "added" and getattr(config, f.name) == f.default}
+
+
 def runtime_fields(cls: type) -> set[str]:
     """Names of ``cls``'s :func:`runtime_field` fields."""
     return {f.name for f in dataclasses.fields(cls) if f.metadata.get(_RESUME) == "runtime"}
@@ -54,7 +66,7 @@ def resumable_fields(cls: type) -> set[str]:
 
 def defining_options(config: Any) -> dict[str, Any]:
     """The options of a config dataclass that define what it computes (runtime fields left out)."""
-    skip = runtime_fields(type(config))
+    skip = runtime_fields(type(config)) | _added_at_default(config)
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
 
@@ -62,6 +74,7 @@ def check_resumable(saved: dict[str, Any], config: Any, where: Path | str, what:
     """Refuse to resume when a field that defines the result differs from the checkpoint's."""
     new = dataclasses.asdict(config)
     free = resumable_fields(type(config))
+    saved = {**{k: new[k] for k in _added_at_default(config)}, **saved}  # recorded before the field existed
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {new[k]!r}" for k in sorted(new) if k not in free and _plain(saved.get(k)) != _plain(new[k])]
     if diffs:
         raise ValueError(f"{where}: cannot resume, the {what} config differs ({'; '.join(diffs)}). Use another out_dir, or resume=False to start over.")

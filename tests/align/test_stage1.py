@@ -328,3 +328,51 @@ def test_each_distinct_item_text_is_encoded_once_per_step(encoder: TextEncoder) 
     torch.testing.assert_close(q.detach(), direct, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="autocast"):
         Stage1Config(autocast="maybe").validate()
+
+
+# ---- only the top layers fine-tuned ---------------------------------------------------------
+def test_top_layer_tuner_matches_the_full_encoder_and_trains_only_its_top(encoder: TextEncoder) -> None:
+    from allmrec.text.top_layers import TopLayerTuner, top_layer_parameters
+
+    texts = make_dataset().texts
+    encoder.eval()
+    for n in (1, 6):
+        tuner = TopLayerTuner(encoder, texts, n)
+        rows = [5, 1, 30, 5, 12]
+        out = tuner(rows)
+        torch.testing.assert_close(out.detach(), encoder.encode([texts[r] for r in rows]), atol=1e-5, rtol=1e-5)
+        out.square().sum().backward()
+        with_grad = {id(p) for p in encoder.parameters() if p.grad is not None}
+        assert with_grad == {id(p) for p in top_layer_parameters(encoder, n)}
+        encoder.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="between 1 and the encoder's 6 layers"):
+        TopLayerTuner(encoder, texts, 7)
+
+
+def test_training_only_the_top_layer_changes_nothing_below_it(base_encoder: TextEncoder, tmp_path) -> None:
+    from allmrec.text.top_layers import top_layer_parameters
+
+    ds, before = make_dataset(), {k: v.clone() for k, v in base_encoder.model.state_dict().items()}
+    enc = copy.deepcopy(base_encoder)
+    top = {k for k, v in enc.model.named_parameters() if any(v is p for p in top_layer_parameters(enc, 1))}
+    res = train_stage1(ds, make_cf(), enc, cfg(epochs=1, finetune_layers=1), tmp_path / "run", progress=False)
+    after = res.text_encoder.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= top and len(changed) == len(top)  # every top-layer weight moved, nothing else
+    resumed = train_stage1(ds, make_cf(), copy.deepcopy(base_encoder), cfg(epochs=2, finetune_layers=1), tmp_path / "run", progress=False)
+    full = train_stage1(ds, make_cf(), copy.deepcopy(base_encoder), cfg(epochs=2, finetune_layers=1), tmp_path / "full", progress=False)
+    assert resumed.text_encoder.fingerprint() == full.text_encoder.fingerprint()
+    assert _strip(resumed.history) == _strip(full.history)
+    with pytest.raises(ValueError, match="finetune_layers"):
+        train_stage1(ds, make_cf(), copy.deepcopy(base_encoder), cfg(epochs=3), tmp_path / "run", progress=False)
+
+
+def test_a_field_added_later_keeps_older_identities() -> None:
+    from allmrec.config import check_resumable, defining_options
+
+    old = {k: v for k, v in dataclasses.asdict(cfg()).items() if k != "finetune_layers"}  # recorded before the field
+    assert "finetune_layers" not in defining_options(cfg())  # at its default: the same name as before
+    assert defining_options(cfg(finetune_layers=2))["finetune_layers"] == 2
+    check_resumable(old, cfg(), "ckpt", "stage-1")
+    with pytest.raises(ValueError, match="finetune_layers"):
+        check_resumable(old, cfg(finetune_layers=1), "ckpt", "stage-1")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from typing import Any
 
 import numpy as np
 
 from allmrec.pipeline.resources import Resources
+
+log = logging.getLogger(__name__)
 
 
 def prepare(res: Resources, force: bool = False):
@@ -78,7 +81,8 @@ def fuse(res: Resources) -> dict[str, Any]:
     """Fit the run's two fusions (trains the CF model and stage 1 first when missing): ``fusion``
     (the best mode's prior, ``fusion`` config section) and ``control`` (SASRec + text, no LLM).
     Both leave out stage 2's held-out users and, when stage 2 trains on a sample of users, that
-    sample; one already fitted for the same CF model, options and users is kept.
+    sample, unless fewer users than it has would be left (few-shot data: then they fit on it
+    too); one already fitted for the same CF model, options and users is kept.
     Returns ``{name: model.json}`` of each."""
     from allmrec.align.stage2.examples import curve_users, training_users
     from allmrec.fusion.training import control_config, fit_run_fusion
@@ -94,7 +98,12 @@ def fuse(res: Resources) -> dict[str, Any]:
     s2 = res.config.stage2().train
     excluded = curve_users(ds, s2)  # the LLM-path check's users: unseen by the fusion and by stage 2
     if s2.max_train_users is not None:  # stage 2 trains on a sample: the fusion leaves it out too (out-of-sample prior scores)
-        excluded = np.union1d(excluded, training_users(ds, s2))
+        sample = training_users(ds, s2)
+        left = np.setdiff1d(np.flatnonzero(np.asarray(ds.train_users, dtype=bool)), np.union1d(excluded, sample))
+        if len(left) >= len(sample):
+            excluded = np.union1d(excluded, sample)
+        else:  # few training users (few-shot): the fusion also fits on stage 2's; the LLM path's check stays out-of-sample
+            log.warning("fusion: leaving out stage 2's %d training users would leave %d to fit on; fitting on them too", len(sample), len(left))
     control = control_config(seed=cfg.seed, max_users=cfg.max_users, es_fraction=cfg.es_fraction)
     out = {}
     for name, config in (("fusion", cfg), ("control", control)):

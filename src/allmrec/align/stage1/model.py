@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from allmrec.config import length_field, runtime_field
+from allmrec.config import added_field, length_field, runtime_field
 from allmrec.data.dataset import SequenceDataset
 
 _ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity}
@@ -68,6 +68,7 @@ class Stage1Config:
     epochs: int = length_field(10)
     positions: str = "last"  # "last": last training item per user; "all": every position
     freeze_text_encoder: bool = False  # True = the "SBERT frozen" ablation
+    finetune_layers: int = added_field(0)  # fine-tuned encoder: 0 = every layer (the paper); n = only the top n (allmrec.text.top_layers: ~6x cheaper for 1 of MiniLM's 6)
     max_text_len: int = 64  # word pieces per item text
     autocast: str = "auto"  # fine-tuned encoder in bfloat16 autocast: auto (where the CPU runs bf16 natively, or CUDA), on, off
     text_batch_size: int = runtime_field(64)  # texts per forward when precomputing (frozen encoder)
@@ -86,6 +87,8 @@ class Stage1Config:
         for name in ("activation", "latent_activation"):
             if getattr(self, name) not in _ACTIVATIONS:
                 raise ValueError(f"stage1.{name} must be one of {sorted(_ACTIVATIONS)}, got {getattr(self, name)!r}")
+        if self.finetune_layers < 0:
+            raise ValueError(f"stage1.finetune_layers must be >= 0 (0 = every layer), got {self.finetune_layers}")
         for name in ("d_latent", "batch_size", "max_text_len", "text_batch_size", "threads", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"stage1.{name} must be >= 1, got {getattr(self, name)}")

@@ -147,9 +147,25 @@ class Stage1Task(TrainingTask):
         }
         self.model = _init_model(int(cf_model.dim), text_encoder.dim, config).to(self.device)
         self.model.identity = self._identity
-        params = list(self.model.parameters()) + (list(text_encoder.parameters()) if self.trainable_encoder else [])
+        # Only the top layers fine-tuned: their inputs (the frozen layers' output per item text)
+        # are computed once, when training starts (inputs).
+        self.top_layers = None
+        if self.trainable_encoder and config.finetune_layers:
+            from allmrec.text.top_layers import check_top_layers
+
+            check_top_layers(text_encoder, config.finetune_layers)
+        params = list(self.model.parameters()) + self._encoder_parameters()
         self.optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay)
         self._inputs: dict[str, torch.Tensor] | None = None
+
+    def _encoder_parameters(self) -> list[nn.Parameter]:
+        if not self.trainable_encoder:
+            return []
+        if not self.config.finetune_layers:
+            return list(self.encoder.parameters())
+        from allmrec.text.top_layers import top_layer_parameters
+
+        return top_layer_parameters(self.encoder, self.config.finetune_layers)
 
     def session(self):
         stack = ExitStack()
@@ -158,7 +174,9 @@ class Stage1Task(TrainingTask):
         # The per-epoch seeding must not leak into the caller's global RNG.
         stack.enter_context(torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []))
         self.cf.to(self.device)
-        (self.encoder.unfreeze if self.trainable_encoder else self.encoder.freeze)()
+        self.encoder.freeze()
+        for p in self._encoder_parameters():  # all of the encoder, its top layers, or none of it
+            p.requires_grad_(True)
         return stack
 
     def steps_per_epoch(self) -> int:
@@ -195,7 +213,7 @@ class Stage1Task(TrainingTask):
         if self.trainable_encoder:
             self.encoder.model.load_state_dict(parts["text_encoder"])
 
-    def _ensure_inputs(self) -> dict[str, torch.Tensor]:
+    def inputs(self) -> dict[str, torch.Tensor]:
         """The frozen inputs: CF item table, ``x^u`` per example, text table of a frozen encoder."""
         if self._inputs is None:
             ex = self.examples
@@ -203,6 +221,11 @@ class Stage1Task(TrainingTask):
                             "users": user_representations(self.cf, ex.users, ex.histories, batch_size=512, trim=False).to(self.device)}
             if not self.trainable_encoder:  # a frozen encoder gives the same Q_i every time: encode each item once (cached)
                 self._inputs["texts"] = item_text_embeddings(self.encoder, self.dataset, batch_size=self.config.text_batch_size).to(self.device)
+            elif self.config.finetune_layers:
+                from allmrec.text.top_layers import TopLayerTuner
+
+                self.top_layers = TopLayerTuner(self.encoder, self.dataset.texts, self.config.finetune_layers,
+                                                batch_size=self.config.text_batch_size, progress=True)
         return self._inputs
 
     def start_epoch(self, epoch: int) -> None:
@@ -217,7 +240,7 @@ class Stage1Task(TrainingTask):
         self.cpu_started = time.process_time()
 
     def step(self, epoch: int, index: int) -> float:
-        inputs, bs = self._ensure_inputs(), self.config.batch_size
+        inputs, bs = self.inputs(), self.config.batch_size
         sl = np.arange(len(self.order))[index * bs : (index + 1) * bs]
         sl = sl[distributed.local_rows(len(sl))]  # this process's rows of the global batch (all of them on one)
 
@@ -245,9 +268,9 @@ class Stage1Task(TrainingTask):
         popular item is often a batch's positive and another's negative), in bfloat16 autocast
         where that is fast."""
         distinct, where = torch.unique(items, return_inverse=True)
-        texts = self.dataset.texts
+        texts, rows = self.dataset.texts, distinct.tolist()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._autocast()):
-            q = self.encoder([texts[i] for i in distinct.tolist()])
+            q = self.top_layers(rows) if self.top_layers is not None else self.encoder([texts[i] for i in rows])
         return q.float()[where]
 
     def _autocast(self) -> bool:
