@@ -19,6 +19,8 @@ from allmrec.pipeline.resources import Resources
 
 log = logging.getLogger(__name__)
 
+MIN_FIT_USERS = 50  # a fusion fits a few hundred weights: this many users are enough to leave stage 2's sample out
+
 
 def prepare(res: Resources, force: bool = False):
     """The prepared dataset (from the cache unless ``force``)."""
@@ -81,8 +83,9 @@ def fuse(res: Resources) -> dict[str, Any]:
     """Fit the run's two fusions (trains the CF model and stage 1 first when missing): ``fusion``
     (the best mode's prior, ``fusion`` config section) and ``control`` (SASRec + text, no LLM).
     Both leave out stage 2's held-out users and, when stage 2 trains on a sample of users, that
-    sample, unless fewer users than it has would be left (few-shot data: then they fit on it
-    too); one already fitted for the same CF model, options and users is kept.
+    sample, unless that would leave fewer than ``MIN_FIT_USERS`` users (and fewer than the sample
+    has: few-shot data), when they fit on it too; one already fitted for the same CF model,
+    options and users is kept.
     Returns ``{name: model.json}`` of each."""
     from allmrec.align.stage2.examples import curve_users, training_users
     from allmrec.fusion.training import control_config, fit_run_fusion
@@ -100,7 +103,7 @@ def fuse(res: Resources) -> dict[str, Any]:
     if s2.max_train_users is not None:  # stage 2 trains on a sample: the fusion leaves it out too (out-of-sample prior scores)
         sample = training_users(ds, s2)
         left = np.setdiff1d(np.flatnonzero(np.asarray(ds.train_users, dtype=bool)), np.union1d(excluded, sample))
-        if len(left) >= len(sample):
+        if len(left) >= min(MIN_FIT_USERS, len(sample)):
             excluded = np.union1d(excluded, sample)
         else:  # few training users (few-shot): the fusion also fits on stage 2's; the LLM path's check stays out-of-sample
             log.warning("fusion: leaving out stage 2's %d training users would leave %d to fit on; fitting on them too", len(sample), len(left))
