@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from allmrec.align.stage2.config import MODE_LABELS
 from allmrec.experiment.report import ROW_ORDER, paper_value
 
 
@@ -162,4 +163,4 @@ def _curves(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def _short(label: str) -> str:
-    return label.replace("best mode: listwise residual", "best").replace("paper: LM loss", "paper LM")
+    return label.replace(MODE_LABELS["best"], "best").replace(MODE_LABELS["paper"], "paper LM")

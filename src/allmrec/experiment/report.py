@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from allmrec.align.stage2.config import MODE_LABELS
 from allmrec.experiment.store import invocations
 from allmrec.utils.io import atomic_path
 
@@ -24,10 +25,14 @@ ROW_ORDER = ["ncf", "nextitnet", "gru4rec", "sasrec", "morec", "ctrl", "recforme
 AGNOSTIC_ORDER = ["sasrec", "allmrec_sasrec", "nextitnet", "allmrec_nextitnet", "gru4rec", "allmrec_gru4rec", "ncf", "allmrec_ncf"]
 LEFT_OUT = ("CTRL and RECFORMER (paper Tables 1-3 and 5) are not implemented in this project and are left out of every table; "
             "their paper numbers are in `allmrec/configs/paper_results.yaml`.")
-MODE_NOTE = ("**A-LLMRec (best mode: listwise residual)** is this project's best stage 2 (`stage2.objective: listwise`, `residual: true`, "
-             "`train_target: valid`): it scores the candidates from the LLM's hidden states on top of the CF model's score and ranks, "
-             "but does not generate titles. **A-LLMRec (paper: LM loss)** is the paper's stage 2 (next-title log-likelihood, eq. 8); "
-             "its Hit@1 here ranks the candidates by likelihood, `gen Hit@1` (when run) is the paper's generate-and-match protocol.")
+MODE_NOTE = ("**A-LLMRec (best mode: fusion + LLM residual)** is this project's best stage 2 (`docs/modes.md`). Its prior is a fusion "
+             "with no LLM: the CF model's score, a text tower and text / stage-1 similarities, fitted on the validation items of "
+             "training users that stage 2 does not use. On top of it, a listwise head scores the candidates from the frozen LLM's "
+             "hidden states. That LLM path is kept only if it beats the prior on held-out training users (`stage2/model.json`: "
+             "`llm_path`); otherwise the fusion answers alone, with no LLM forward (then its inference time is the fusion's). "
+             "It ranks, but does not generate titles. **A-LLMRec (paper: LM loss)** is the paper's stage 2 (next-title "
+             "log-likelihood, eq. 8); its Hit@1 here ranks the candidates by likelihood, `gen Hit@1` (when run) is the paper's "
+             "generate-and-match protocol.")
 
 
 @lru_cache(maxsize=1)
@@ -349,7 +354,7 @@ class _Report:
         self.p()
 
 
-_EFF_LABELS = {"TALLRec": "TALLRec", "allmrec-paper": "A-LLMRec (paper: LM loss)", "allmrec-best": "A-LLMRec (best mode: listwise residual)", "tallrec": "TALLRec", "llm-only": "LLM-Only (no training)"}
+_EFF_LABELS = {"TALLRec": "TALLRec", "allmrec-paper": "A-LLMRec (paper: LM loss)", "allmrec-best": f"A-LLMRec ({MODE_LABELS['best']})", "tallrec": "TALLRec", "llm-only": "LLM-Only (no training)"}
 
 
 def _f(x: Any, digits: int = 4) -> str:
