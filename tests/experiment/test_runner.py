@@ -51,7 +51,7 @@ def test_every_part_runs_and_reports(ran):
     md = (exp / "report.md").read_text()
     for section in SECTIONS:
         assert section in md, section
-    assert "A-LLMRec (best mode: listwise residual)" in md and "A-LLMRec (paper: LM loss)" in md
+    assert "A-LLMRec (best mode: fusion + LLM residual)" in md and "A-LLMRec (paper: LM loss)" in md
     assert "| CTRL |" in md and "| RECFORMER |" in md and "not implemented" not in md
     eff = results["units"]["efficiency"]
     assert set(eff["train"]) == {"allmrec-paper", "allmrec-best", "tallrec"} and eff["ratios"]
