@@ -66,7 +66,7 @@ from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
 from allmrec.training import LoopOptions, TrainingTask, run_training
 from allmrec.utils.fingerprint import dataset_fingerprint, state_fingerprint
-from allmrec.utils.io import check_weights_step, load_tensors, read_json, save_tensors, write_json
+from allmrec.utils.io import check_weights_counter, load_tensors, read_json, save_tensors, write_json
 from allmrec.utils.seed import torch_seed
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ def load_tallrec(path: str | Path, llm: nn.Module, *, merge: bool = False) -> nn
         config = TallrecConfig(**meta["tallrec"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: field 'tallrec' is not a valid TallrecConfig ({err})") from None
-    check_weights_step(weights, (meta.get("state") or {}).get("step"))
+    check_weights_counter(weights, "step", (meta.get("state") or {}).get("step"))
     _check_identities(meta.get("identity", {}), {"llm": llm_identity(llm)}, path)
     meta["prompt"] = dataclasses.asdict(config.prompt_config())
     return tallrec_inference_model(llm, load_tensors(weights), config, merge=merge, meta=meta)

@@ -16,7 +16,7 @@ from allmrec.cf.registry import get_backbone_class
 from allmrec.config import from_dict
 from allmrec.data.dataset import SequenceDataset
 from allmrec.utils.fingerprint import dataset_fingerprint
-from allmrec.utils.io import load_tensors, read_json, save_tensors, tensors_metadata, write_json
+from allmrec.utils.io import check_weights_counter, load_tensors, read_json, save_tensors, write_json
 
 MODEL_FORMAT = "allmrec-cf/1"
 
@@ -103,7 +103,5 @@ def load_cf(
             raise ValueError(f"{meta_path}: {err}") from None
     elif item_features is not None:
         raise ValueError(f"{meta_path}: backbone {meta['backbone']!r} takes no item features")
-    saved_epoch = tensors_metadata(weights_path).get("epoch")
-    if saved_epoch is not None and "epoch" in meta and int(saved_epoch) != int(meta["epoch"]):
-        raise ValueError(f"{weights_path}: holds epoch {saved_epoch} but {meta_path} describes epoch {meta['epoch']} (interrupted write?)")
+    check_weights_counter(weights_path, "epoch", meta.get("epoch"))
     return model.to(device).eval()

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -134,14 +134,7 @@ class TextEncoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-            starts = range(0, len(order), batch_size)
-            if progress:
-                from allmrec.utils.progress import progress_bar
-
-                starts = progress_bar(iterable=starts, desc="encoding texts", unit="batch")
-            for s in starts:
-                idx = order[s : s + batch_size]
+            for idx in length_batches(texts, batch_size, progress, "encoding texts"):
                 emb = self.forward([texts[i] for i in idx])
                 out[torch.tensor(idx)] = emb.float().cpu()
         finally:
@@ -192,6 +185,18 @@ class TextEncoder(nn.Module):
         model = _load_sentence_transformer(str(directory), device, local=True)
         max_len = int(meta.get("max_seq_length", model.max_seq_length))
         return cls(model, source=str(directory.resolve()), max_seq_length=max_len, base=meta.get("base"))
+
+
+def length_batches(texts: Sequence[str], batch_size: int, progress: bool = False, desc: str = "encoding texts") -> Iterator[list[int]]:
+    """Indices of ``texts`` in batches of ``batch_size``, shortest texts first (less padding)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    starts: Iterable[int] = range(0, len(order), batch_size)
+    if progress:
+        from allmrec.utils.progress import progress_bar
+
+        starts = progress_bar(iterable=starts, desc=desc, unit="batch")
+    for s in starts:
+        yield order[s : s + batch_size]
 
 
 def load_text_encoder(

@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from allmrec.text.encoder import TextEncoder
+from allmrec.text.encoder import TextEncoder, length_batches
 
 
 def _parts(encoder: TextEncoder) -> tuple[nn.Module, nn.Module, str]:
@@ -52,13 +52,9 @@ def _top(encoder: TextEncoder, n_top: int) -> list[nn.Module]:
     return layers[len(layers) - n_top :]
 
 
-def check_top_layers(encoder: TextEncoder, n_top: int) -> None:
-    """Raise a clear error now if ``encoder`` cannot have only its top ``n_top`` layers tuned."""
-    _top(encoder, n_top)
-
-
 def top_layer_parameters(encoder: TextEncoder, n_top: int) -> list[nn.Parameter]:
-    """The parameters of ``encoder``'s top ``n_top`` layers (what fine-tuning them trains)."""
+    """The parameters of ``encoder``'s top ``n_top`` layers (what fine-tuning them trains); a
+    clear error when ``encoder`` cannot have only its top layers tuned."""
     return [p for layer in _top(encoder, n_top) for p in layer.parameters()]
 
 
@@ -107,18 +103,11 @@ class TopLayerTuner(nn.Module):
         """Each text's token states after the frozen lower layers, without padding."""
         lower = self._layers[: len(self._layers) - self.n_top]
         out: list[torch.Tensor] = [torch.empty(0)] * len(self.texts)
-        order = sorted(range(len(self.texts)), key=lambda i: len(self.texts[i]))  # less padding
-        starts = range(0, len(order), batch_size)
-        if progress:
-            from allmrec.utils.progress import progress_bar
-
-            starts = progress_bar(iterable=starts, desc="text encoder: frozen layers", unit="batch")
         was_training = self.encoder.training
         self.encoder.eval()
         try:
             with self._only(lower):
-                for s in starts:
-                    idx = order[s : s + batch_size]
+                for idx in length_batches(self.texts, batch_size, progress, "text encoder: frozen layers"):
                     feats = self.encoder._features([self.texts[i] for i in idx])
                     tokens = self.encoder.model[0](dict(feats))["token_embeddings"].float().cpu()
                     lengths = feats["attention_mask"].sum(1).tolist()

@@ -126,12 +126,13 @@ def tensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         return fh.metadata() or {}
 
 
-def check_weights_step(weights: str | os.PathLike, described_step: Any) -> None:
-    """Refuse a weights file whose recorded ``step`` differs from the step its description
-    (``model.json``) gives: the two were written by different saves (an interrupted write)."""
-    saved = tensors_metadata(weights).get("step")
-    if saved is not None and described_step is not None and int(saved) != int(described_step):
-        raise ValueError(f"{weights}: holds step {saved} but its description says step {described_step} (interrupted write?)")
+def check_weights_counter(weights: str | os.PathLike, name: str, described: Any) -> None:
+    """Refuse a weights file whose recorded counter ``name`` (``step``, ``epoch``) differs from the
+    one its description (``model.json``) gives: the two were written by different saves (an
+    interrupted write)."""
+    saved = tensors_metadata(weights).get(name)
+    if saved is not None and described is not None and int(saved) != int(described):
+        raise ValueError(f"{weights}: holds {name} {saved} but its description says {name} {described} (interrupted write?)")
 
 
 def _json_default(obj: Any) -> Any:

@@ -148,12 +148,8 @@ class Stage1Task(TrainingTask):
         self.model = _init_model(int(cf_model.dim), text_encoder.dim, config).to(self.device)
         self.model.identity = self._identity
         # Only the top layers fine-tuned: their inputs (the frozen layers' output per item text)
-        # are computed once, when training starts (inputs).
+        # are computed once, when training starts (inputs). An encoder that cannot is refused here.
         self.top_layers = None
-        if self.trainable_encoder and config.finetune_layers:
-            from allmrec.text.top_layers import check_top_layers
-
-            check_top_layers(text_encoder, config.finetune_layers)
         params = list(self.model.parameters()) + self._encoder_parameters()
         self.optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay)
         self._inputs: dict[str, torch.Tensor] | None = None

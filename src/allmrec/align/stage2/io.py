@@ -19,7 +19,7 @@ from allmrec.align.stage2.model import Stage2Model
 from allmrec.config import from_dict
 from allmrec.llm.loading import llm_identity
 from allmrec.utils.fingerprint import cf_identity, dataset_fingerprint, tensor_fingerprint
-from allmrec.utils.io import check_weights_step, load_tensors, read_json, save_tensors, write_json
+from allmrec.utils.io import check_weights_counter, load_tensors, read_json, save_tensors, write_json
 
 FORMAT = "allmrec-stage2/2"
 _LABELS = {"llm": "LLM", "cf": "CF model", "joint_items": "joint item embeddings", "dataset": "dataset", "prior": "fitted fusion"}
@@ -57,7 +57,7 @@ def load_stage2(path: str | Path, llm: nn.Module | None = None, cf_model: nn.Mod
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
     tensors = load_tensors(weights)
-    check_weights_step(weights, (meta.get("trainer_state") or {}).get("step"))
+    check_weights_counter(weights, "step", (meta.get("trainer_state") or {}).get("step"))
     current: dict[str, str] = {}
     if llm is not None:
         current["llm"] = llm_identity(llm)
