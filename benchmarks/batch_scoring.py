@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
-    from allround_beauty import forced_llm_recommender
+    from allround import forced_llm_recommender
 
     from allmrec.eval.evaluate import evaluate_users
     from allmrec.eval.report import machine_description

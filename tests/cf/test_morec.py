@@ -67,6 +67,26 @@ def test_shapes_padding_and_the_table_is_not_a_parameter():
     assert norm.item_embeddings().shape == (41, 16) and torch.equal(norm.item_embeddings()[0], torch.zeros(16))
 
 
+@pytest.mark.parametrize("adapter_norm", [False, True])
+def test_a_training_step_adapts_only_its_items_with_the_same_loss_and_gradients(adapter_norm):
+    model = build_backbone("morec", n_items=40, text_dim=24, adapter_norm=adapter_norm, **{**OPTS, "dropout": 0.0})
+    model.set_item_features(fake_text(d=24))
+    hist = torch.as_tensor(left_pad([[1, 2, 3, 4], [7, 9]], 12))
+    batch = {"inputs": hist, "positives": torch.roll(hist, -1, 1), "negatives": torch.where(hist != 0, hist + 20, 0)}
+    adapted = []
+    model.item_emb.adapter.register_forward_hook(lambda mod, args, out: adapted.append(out.shape[0]))
+    loss = model.training_loss(batch)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    assert adapted == [len(set(batch["inputs"].flatten().tolist() + batch["negatives"].flatten().tolist()) - {0})]  # not all 40 items
+    with model.item_emb.cached():  # the whole table, as before
+        full_loss = super(MoRec, model).training_loss(batch)
+    full_grads = torch.autograd.grad(full_loss, list(model.parameters()), allow_unused=True)
+    assert torch.allclose(loss, full_loss, atol=1e-6)
+    for g, f in zip(grads, full_grads):
+        assert (g is None) == (f is None) and (g is None or torch.allclose(g, f, atol=1e-6))
+    assert grads[[n for n, _ in model.named_parameters()].index("item_emb.adapter.weight")].abs().sum() > 0
+
+
 def test_trains_end_to_end_and_round_trips(dataset, tmp_path, caplog):
     table = fake_text()
     before = table.clone()

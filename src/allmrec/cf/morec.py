@@ -85,15 +85,23 @@ class TextItemEmbedding(nn.Module):
     def set_table(self, table: torch.Tensor) -> None:
         self.text = table.detach().to(device=self.adapter.weight.device, dtype=self.adapter.weight.dtype)
 
-    def table(self) -> torch.Tensor:
+    def table(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The adapted table; given ``items``, only their rows are computed (the rest are zero):
+        a training step reads a few thousand of the items, and adapting all of them was most of
+        its cost."""
         if self._cache is not None:
             return self._cache
         if self.text is None:
             raise RuntimeError("MoRec has no item text table yet: call model.set_item_features(Q) (train_cf and load_cf do)")
-        out = self.adapter(self.text[1:])
-        if self.norm is not None:
-            out = self.norm(out)
-        return torch.cat([out.new_zeros(1, out.shape[1]), out])
+        if items is None:
+            return torch.cat([self.text.new_zeros(1, self.adapter.out_features), self._adapt(self.text[1:])])
+        rows = items.unique()
+        rows = rows[rows != 0]
+        return self.text.new_zeros(self.text.shape[0], self.adapter.out_features).index_copy(0, rows, self._adapt(self.text[rows]))
+
+    def _adapt(self, text: torch.Tensor) -> torch.Tensor:
+        out = self.adapter(text)
+        return self.norm(out) if self.norm is not None else out
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
@@ -103,12 +111,13 @@ class TextItemEmbedding(nn.Module):
         return self.table()[items]
 
     @contextmanager
-    def cached(self) -> Iterator[None]:
-        """Compute the adapted table once for the block (re-entrant; gradients flow through it)."""
+    def cached(self, items: torch.Tensor | None = None) -> Iterator[None]:
+        """Compute the adapted table (only the rows of ``items``, if given) once for the block
+        (re-entrant; gradients flow through it)."""
         if self._cache is not None:
             yield
             return
-        self._cache = self.table()
+        self._cache = self.table(items)
         try:
             yield
         finally:
@@ -208,5 +217,8 @@ class MoRec(SASRec):
             return super().score(users, histories, candidates)
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with self.item_emb.cached():
+        # Only the batch's items are adapted (same loss and gradients); the L2 penalty, when on,
+        # is over the whole table, so then every row is.
+        used = None if self.config.l2_emb else torch.cat([batch["inputs"].flatten(), batch["positives"].flatten(), batch["negatives"].flatten()])
+        with self.item_emb.cached(used):
             return super().training_loss(batch)

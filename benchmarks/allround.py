@@ -1,24 +1,29 @@
-"""The all-round comparison on Amazon Beauty: SASRec, MoRec, text similarity, the no-LLM control
+"""The all-round comparison on one dataset: SASRec, MoRec, text similarity, the no-LLM control
 (SASRec + text), the fusion and A-LLMRec's best mode, on the same seeded test users.
 
-    python benchmarks/allround_beauty.py --data ../shared/data/amazon-beauty \\
-        [--run runs/allround-beauty] [--users 2000] [--llm-users 300] [--set section.key=value]
+    python benchmarks/allround.py --data ../shared/data/amazon-beauty \\
+        [--name beauty] [--run runs/allround-beauty] [--users 2000] [--llm-users 300] \\
+        [--set dataset=my_data.yaml] [--set section.key=value]
 
-Every model trains through ``allmrec.pipeline`` (each step resumes): SASRec, stage 1, the
-fusions (``allmrec fuse``: every choice on validation items of training users) and stage 2 in
-``--run``; MoRec in ``--run``-morec. All are scored on the stored 1 + 19 test candidates of
+Any folder in the ``sequences`` format of ../shared/data/amazon-beauty works with ``--data``;
+any other reader through ``--set dataset=<data YAML>`` (``allmrec.data``). Every model trains
+through ``allmrec.pipeline`` (each step resumes): SASRec, stage 1, the fusions (``allmrec fuse``:
+every choice on validation items of training users) and stage 2 in ``--run``; MoRec in
+``--run``-morec, in a second process beside SASRec (both CF trainers use one thread: their ops
+are too small to gain from two). All are scored on the stored 1 + 19 test candidates of
 ``--users`` seeded test users (the ``allmrec evaluate`` sample, seed 2024). Reported: Hit@1 with
 Wilson intervals overall and for cold / warm test items (bottom / top 35% of items by training
 count), paired-bootstrap differences of Hit@1 against SASRec, MoRec and the control, the stage-2
 LLM-path check, A-LLMRec with its LLM path forced on the first ``--llm-users`` of the users,
 full-catalogue Recall/NDCG@10/20 (SASRec retrieves 100, each method re-ranks them) and every
-step's wall time. Writes ``benchmarks/results/allround_beauty.{json,md,png}``.
+step's wall time. Writes ``benchmarks/results/allround_<name>.{json,md,png}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -80,7 +85,18 @@ def catalogue(res: Resources, users: np.ndarray, recommenders: dict[str, object]
     return out
 
 
-def plot(path: Path, table: dict[str, dict[str, dict]]) -> None:
+def carry_paper_subset(path: Path, out: dict, sasrec_ranks: np.ndarray) -> None:
+    """Keep the paper-mode row (``allround_paper_subset.py``, 35 min) of an earlier run, with
+    SASRec's Hit@1 on its users in this run: equal to its own when the runs agree."""
+    if not path.exists() or "paper_mode_subset" not in (old := json.loads(path.read_text())):
+        return
+    subset = dict(old["paper_mode_subset"])
+    n = int(subset["users"])
+    subset["carried over"] = {"from": "an earlier run of this benchmark", "SASRec hit@1 on its users in this run": float((sasrec_ranks[:n] == 0).mean())}
+    out["paper_mode_subset"] = subset
+
+
+def plot(path: Path, table: dict[str, dict[str, dict]], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,35 +112,74 @@ def plot(path: Path, table: dict[str, dict[str, dict]]) -> None:
     ax.set_xticks(np.arange(3) + 0.4 - width / 2, ["all test users", "cold test items", "warm test items"])
     ax.set_ylabel("Hit@1 (1 + 19 candidates)")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Amazon Beauty, seeded test users (95% Wilson intervals)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def morec_resources(args: argparse.Namespace, dataset=None) -> Resources:
+    flags = {"data.path": str(Path(args.data).resolve()), "eval.max_users": args.users}
+    config, run_dir = RunConfig.layered(Path(f"{args.run}-morec"), Path(args.config), flags, args.set)
+    config = config.with_values({"cf": {"backbone": "morec"}, "eval": {"methods": ["cf"]}})
+    return Resources(config, RunFolder(run_dir), dataset=dataset)
+
+
+def train_morec(args: argparse.Namespace, seconds) -> None:
+    """MoRec's training, run in its own process beside SASRec's (one core each)."""
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    steps.train_cf(morec_resources(args))
+    seconds.value = time.perf_counter() - t0
+
+
+def train_cf_models(args: argparse.Namespace, res: Resources, seconds: dict[str, float]) -> None:
+    """SASRec here and MoRec in a second process at once; stage 1 to 2 start when SASRec is done."""
+    import multiprocessing
+
+    res.dataset  # prepared once, before the second process reads the same cache
+    ctx = multiprocessing.get_context("spawn")
+    morec_seconds = ctx.Value("d", float("nan"))
+    proc = ctx.Process(target=train_morec, args=(args, morec_seconds), name="train MoRec")
+    proc.start()
+    try:
+        timed(seconds, "train SASRec", lambda: steps.train_cf(res))
+        timed(seconds, "stage 1", lambda: steps.align(res))
+        timed(seconds, "fusions", lambda: steps.fuse(res))
+        timed(seconds, "stage 2", lambda: steps.train_stage2(res))
+        timed(seconds, "waiting for MoRec", proc.join)
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+    if proc.exitcode != 0:
+        raise SystemExit(f"MoRec's training failed (exit code {proc.exitcode}); run again to resume it")
+    seconds["train MoRec (beside the above)"] = round(morec_seconds.value, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "amazon-beauty"))
-    ap.add_argument("--config", default=str(ROOT / "benchmarks" / "configs" / "allround_beauty.yaml"))
-    ap.add_argument("--run", default=str(ROOT / "runs" / "allround-beauty"))
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "amazon-beauty"), help="the dataset folder")
+    ap.add_argument("--name", default=None, help="names the results and the run folder (default: the folder's name without 'amazon-')")
+    ap.add_argument("--config", default=str(ROOT / "benchmarks" / "configs" / "allround_cpu.yaml"))
+    ap.add_argument("--run", default=None, help="run folder (default runs/allround-<name>)")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--llm-users", type=int, default=300, help="test users scored with the LLM path forced on (0: skip)")
     ap.add_argument("--set", action="append", default=[], help="section.key=value overrides")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "allround_beauty"))
+    ap.add_argument("--out", default=None, help="results path without suffix (default benchmarks/results/allround_<name>)")
     args = ap.parse_args()
+    name = args.name or Path(args.data).resolve().name.removeprefix("amazon-")
+    args.run = args.run or str(ROOT / "runs" / f"allround-{name}")
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / f"allround_{name}")
 
     flags = {"data.path": str(Path(args.data).resolve()), "eval.max_users": args.users}
     config, run_dir = RunConfig.layered(Path(args.run), Path(args.config), flags, args.set)
     res = Resources(config, RunFolder(run_dir))
-    morec_config, morec_dir = RunConfig.layered(Path(f"{args.run}-morec"), Path(args.config), flags, args.set)
-    morec_config = morec_config.with_values({"cf": {"backbone": "morec"}, "eval": {"methods": ["cf"]}})
-    morec = Resources(morec_config, RunFolder(morec_dir), dataset=lambda: res.dataset)
     seconds: dict[str, float] = {}
+    load_at_start = os.getloadavg()  # anything else on the machine slows every step below
     t_all = time.perf_counter()
-    timed(seconds, "train SASRec", lambda: steps.train_cf(res))
-    timed(seconds, "train MoRec", lambda: steps.train_cf(morec))
-    timed(seconds, "stage 1", lambda: steps.align(res))
-    timed(seconds, "fusions", lambda: steps.fuse(res))
-    timed(seconds, "stage 2", lambda: steps.train_stage2(res))
+    train_cf_models(args, res, seconds)
+    morec = morec_resources(args, dataset=lambda: res.dataset)
     results = timed(seconds, "evaluate", lambda: steps.evaluate(res))
     morec_results = timed(seconds, "evaluate MoRec", lambda: steps.evaluate(morec))
 
@@ -157,27 +212,29 @@ def main() -> None:
     full = timed(seconds, "full-catalogue re-ranking", lambda: catalogue(res, users, rerankers))
     seconds["total"] = round(time.perf_counter() - t_all, 1)
 
-    out = {"benchmark": "allround_beauty", "data": f"Amazon Beauty 2014 5-core ({ds.n_users} users, {ds.n_items} items)", "split": "test",
+    out = {"benchmark": f"allround_{name}", "data": f"{ds.name} from {Path(args.data).resolve()} ({ds.n_users} users, {ds.n_items} items)", "split": "test",
            "users": int(len(users)), "user_seed": config.eval().seed, "scenario_users": {s: int(m.sum()) for s, m in masks.items()},
-           "machine": machine_description(), "cpu_flags": cpu_flags(), "threads": "torch default (OMP_WAIT_POLICY=PASSIVE)",
+           "machine": machine_description(), "cpu_flags": cpu_flags(), "threads": "SASRec and MoRec 1 each, side by side; the rest torch's default (OMP_WAIT_POLICY=PASSIVE)",
            "methods": table, "paired_hit@1": paired, "stage2_llm_path": stage2_meta.get("llm_path"), "llm_path_forced": forced,
            "catalogue": full, "seconds": seconds,
            "seconds_per_user": {results["labels"][m]: results["methods"][m]["seconds_per_user"] for m in config.eval().methods},
-           "config": config.values, "note": "timings measured with other processes sharing the 2 cores unless stated in the README"}
+           "config": config.values, "load_average_at_start": [round(x, 2) for x in load_at_start],
+           "note": "wall times of this run on the 2 cores: MoRec trains in a second process beside SASRec, stage 1, the fusions and stage 2"}
     fusion_meta = json.loads((res.folder.fusion / "fusion" / "model.json").read_text())
     out["fusion"] = {k: fusion_meta[k] for k in ("beta", "beta_criterion", "fit_users", "es_users", "fits", "seconds") if k in fusion_meta}
     dest = Path(args.out)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    carry_paper_subset(dest.with_suffix(".json"), out, ranks[results["labels"]["cf"]])
     write_json(dest.with_suffix(".json"), out)
     rows = {f"{label} / {s}": {**table[label][s], **({"vs SASRec": "{diff:+.4f} [{low:+.4f}, {high:+.4f}]".format(**paired[label][f'vs {refs[0]}'][s])}
                                                        if f"vs {refs[0]}" in paired[label] else {})} for label in table for s in SCENARIOS}
-    md = [f"# All-round comparison: Amazon Beauty, {len(users)} seeded test users, 1 + 19 candidates", "",
+    md = [f"# All-round comparison: {out['data']}, {len(users)} seeded test users, 1 + 19 candidates", "",
           markdown_table(rows, ["hit@1", "ndcg@10", "mrr", "vs SASRec", "users"]), "",
           f"Stage-2 LLM path: {json.dumps(stage2_meta.get('llm_path'))}", "", f"LLM path forced on {forced.get('users', 0)} users: {json.dumps(forced)}", "",
           "Full catalogue (SASRec retrieves 100, each method re-ranks):", "", markdown_table(full, ["recall@10", "ndcg@10", "recall@20", "ndcg@20", f"recall@{RETRIEVED}"]), "",
           f"Machine: {out['machine']}; CPU flags: {out['cpu_flags']}. Step wall times (s): {seconds}."]
     dest.with_suffix(".md").write_text("\n".join(md) + "\n")
-    plot(dest.with_suffix(".png"), table)
+    plot(dest.with_suffix(".png"), table, f"{ds.name}, {len(users)} seeded test users (95% Wilson intervals)")
     print("\n".join(md))
 
 
