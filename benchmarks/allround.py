@@ -106,7 +106,7 @@ def plot(path: Path, table: dict[str, dict[str, dict]], title: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 4.2))
     width = 0.8 / len(labels)
     for k, label in enumerate(labels):
-        vals = [table[label][s]["hit@1"] for s in SCENARIOS]
+        vals = [table[label][s].get("hit@1", 0.0) for s in SCENARIOS]  # a scenario with no users has none
         errs = np.array([[v - table[label][s]["hit@1_ci"][0], table[label][s]["hit@1_ci"][1] - v] for s, v in zip(SCENARIOS, vals)]).T
         ax.bar(np.arange(3) + k * width, vals, width, yerr=errs, capsize=2, label=label)
     ax.set_xticks(np.arange(3) + 0.4 - width / 2, ["all test users", "cold test items", "warm test items"])
@@ -190,7 +190,7 @@ def main() -> None:
     assert morec_results["per_user"]["users"] == results["per_user"]["users"]
     table = {label: {s: {**metrics_from_columns({"rank": r[m]}), "hit@1_ci": list(hit_interval(r[m] == 0))} for s, m in masks.items()} for label, r in ranks.items()}
     refs = [results["labels"]["cf"], "MoRec", results["labels"]["cf-text"], results["labels"]["fusion"]]
-    paired = {label: {f"vs {ref}": {s: paired_bootstrap(r[m] == 0, ranks[ref][m] == 0) for s, m in masks.items()} for ref in refs if ref != label}
+    paired = {label: {f"vs {ref}": {s: paired_bootstrap(r[m] == 0, ranks[ref][m] == 0) for s, m in masks.items() if m.any()} for ref in refs if ref != label}
               for label, r in ranks.items()}
 
     stage2_meta = json.loads((res.folder.stage2 / "model.json").read_text())
@@ -227,7 +227,7 @@ def main() -> None:
     carry_paper_subset(dest.with_suffix(".json"), out, ranks[results["labels"]["cf"]])
     write_json(dest.with_suffix(".json"), out)
     rows = {f"{label} / {s}": {**table[label][s], **({"vs SASRec": "{diff:+.4f} [{low:+.4f}, {high:+.4f}]".format(**paired[label][f'vs {refs[0]}'][s])}
-                                                       if f"vs {refs[0]}" in paired[label] else {})} for label in table for s in SCENARIOS}
+                                                       if s in paired[label].get(f"vs {refs[0]}", {}) else {})} for label in table for s in SCENARIOS}
     md = [f"# All-round comparison: {out['data']}, {len(users)} seeded test users, 1 + 19 candidates", "",
           markdown_table(rows, ["hit@1", "ndcg@10", "mrr", "vs SASRec", "users"]), "",
           f"Stage-2 LLM path: {json.dumps(stage2_meta.get('llm_path'))}", "", f"LLM path forced on {forced.get('users', 0)} users: {json.dumps(forced)}", "",
