@@ -6,7 +6,8 @@
         [--set dataset=my_data.yaml] [--set section.key=value]
 
 Any folder in the ``sequences`` format of ../shared/data/amazon-beauty works with ``--data``;
-any other reader through ``--set dataset=<data YAML>`` (``allmrec.data``). Every model trains
+any other reader through ``--set dataset=<data YAML>`` (``allmrec.data``), with ``--data`` naming
+its files (it overrides the YAML's ``path``). Every model trains
 through ``allmrec.pipeline`` (each step resumes): SASRec, stage 1, the fusions (``allmrec fuse``:
 every choice on validation items of training users) and stage 2 in ``--run``; MoRec in
 ``--run``-morec, in a second process beside SASRec (both CF trainers use one thread: their ops
@@ -117,9 +118,13 @@ def plot(path: Path, table: dict[str, dict[str, dict]], title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def morec_resources(args: argparse.Namespace, dataset=None) -> Resources:
+def run_config(args: argparse.Namespace, run: str) -> tuple[RunConfig, Path]:
     flags = {"data.path": str(Path(args.data).resolve()), "eval.max_users": args.users}
-    config, run_dir = RunConfig.layered(Path(f"{args.run}-morec"), Path(args.config), flags, args.set)
+    return RunConfig.layered(Path(run), Path(args.config), flags, args.set)
+
+
+def morec_resources(args: argparse.Namespace, dataset=None) -> Resources:
+    config, run_dir = run_config(args, f"{args.run}-morec")
     config = config.with_values({"cf": {"backbone": "morec"}, "eval": {"methods": ["cf"]}})
     return Resources(config, RunFolder(run_dir), dataset=dataset)
 
@@ -172,8 +177,7 @@ def main() -> None:
     args.run = args.run or str(ROOT / "runs" / f"allround-{name}")
     args.out = args.out or str(ROOT / "benchmarks" / "results" / f"allround_{name}")
 
-    flags = {"data.path": str(Path(args.data).resolve()), "eval.max_users": args.users}
-    config, run_dir = RunConfig.layered(Path(args.run), Path(args.config), flags, args.set)
+    config, run_dir = run_config(args, args.run)
     res = Resources(config, RunFolder(run_dir))
     seconds: dict[str, float] = {}
     load_at_start = os.getloadavg()  # anything else on the machine slows every step below

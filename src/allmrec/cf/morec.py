@@ -86,9 +86,9 @@ class TextItemEmbedding(nn.Module):
         self.text = table.detach().to(device=self.adapter.weight.device, dtype=self.adapter.weight.dtype)
 
     def table(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """The adapted table; given ``items``, only their rows are computed (the rest are zero):
-        a training step reads a few thousand of the items, and adapting all of them was most of
-        its cost."""
+        """The adapted table; given ``items``, only their rows are computed (the rest are zero).
+        A training step needs only its batch's rows (on Beauty, skipping the others saves 11-13%
+        of a step: a packed batch touches most items)."""
         if self._cache is not None:
             return self._cache
         if self.text is None:
