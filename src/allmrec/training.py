@@ -8,7 +8,9 @@ step in :meth:`~TrainingTask.step`, and may validate. :func:`run_training` owns 
 * epochs and steps (``epochs``, ``max_steps``), the loss log and per-epoch losses;
 * validation at epoch ends (``validate_every_epochs``, with early stopping on ``patience``
   validations without a better ``select`` metric; the task keeps the best model) and/or every
-  ``validate_every_steps`` steps (a learning curve; its time is not training time);
+  ``validate_every_steps`` steps (a learning curve, ``curve``: ``[step, hit@1, ndcg@10]``, with
+  the training seconds spent to reach each point in ``curve_seconds``: ``[step, seconds]``; the
+  validations' own time is not training time);
 * checkpoints and exact resume.
 
 Run folder (``out_dir``)::
@@ -129,7 +131,7 @@ class TrainingTask(ABC):
 def run_training(task: TrainingTask, options: LoopOptions, out_dir: str | Path | None, resume: bool = True) -> dict[str, Any]:
     """Train ``task``; checkpoints go to ``out_dir`` (``None``: nothing saved). Returns the
     trainer state: ``step``, ``epoch``, ``history`` (one record per epoch), ``loss_log``,
-    ``epoch_loss``, ``curve``, ``seconds`` (training time of all sessions), ``best``."""
+    ``epoch_loss``, ``curve``, ``curve_seconds``, ``seconds`` (training time of all sessions), ``best``."""
     out = Path(out_dir) if out_dir is not None else None
     distributed.init_from_env()  # under torchrun / accelerate launch: data-parallel, rank 0 writes
     with task.session():
@@ -164,7 +166,7 @@ def is_finished(out_dir: str | Path) -> bool:
 
 
 def _fresh_state(task: TrainingTask) -> dict[str, Any]:
-    return {"format": task.format, "step": 0, "epoch": 0, "history": [], "loss_log": [], "epoch_loss": {}, "curve": [], "seconds": 0.0,
+    return {"format": task.format, "step": 0, "epoch": 0, "history": [], "loss_log": [], "epoch_loss": {}, "curve": [], "curve_seconds": [], "seconds": 0.0,
             "best": None, "bad_evals": 0, "log_window": []}
 
 
@@ -255,8 +257,9 @@ class _Loop:
             return
         t0 = time.perf_counter()
         metrics = self.task.validate()
-        st["curve"].append([st["step"], metrics.get("hit@1"), metrics.get("ndcg@10")])
         self.started += time.perf_counter() - t0  # evaluation is not training time
+        st["curve"].append([st["step"], metrics.get("hit@1"), metrics.get("ndcg@10")])
+        st["curve_seconds"].append([st["step"], time.perf_counter() - self.started])  # training time to this point (a time-to-target)
 
     def checkpoint(self) -> None:
         if self.out is not None and distributed.is_main():

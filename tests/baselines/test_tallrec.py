@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+import time
 import warnings
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import allmrec.baselines.tallrec as tallrec
-from allmrec.align.stage2.examples import epoch_plan, training_users
+from allmrec.align.stage2.examples import curve_users, epoch_plan, training_users
 from allmrec.baselines import TallrecConfig, load_tallrec, tallrec_inference_model, tallrec_prompt_config, train_tallrec
 from allmrec.llm import build_prompt, display_titles, splice, target_loss
 from allmrec.llm.splice import IGNORE
@@ -117,6 +118,35 @@ def test_trains_on_stage2_examples_only_lora_moves_and_llm_is_untouched(smollm, 
     # The fine-tuned model fits its training examples better than the base LLM.
     assert _example_loss(model, ds, tok, cfg) < 0.8 * loss0
     assert _example_loss(llm, ds, tok, cfg) == pytest.approx(loss0, abs=0)
+
+
+def test_learning_curve_scores_held_out_users_as_inference_does(smollm, ds, monkeypatch):
+    llm, tok = smollm
+    real_validate = tallrec.TallrecTask.validate
+
+    def slow_validate(self):  # a validation's time must not count as training time
+        time.sleep(1.0)
+        return real_validate(self)
+
+    monkeypatch.setattr(tallrec.TallrecTask, "validate", slow_validate)
+    cfg = small(valid_users=2, eval_every=1, max_steps=2, max_train_users=None)
+    s2 = cfg.examples_config()
+    held = curve_users(ds, s2)
+    assert len(held) == 2 and not set(held.tolist()) & set(training_users(ds, s2).tolist())  # never trained on
+    started = time.perf_counter()
+    model, state = train_tallrec(ds, llm, tok, cfg, out_dir=None, progress=False)
+    wall = time.perf_counter() - started
+    assert [p[0] for p in state["curve"]] == [0, 1, 2] == [p[0] for p in state["curve_seconds"]]
+    seconds = [p[1] for p in state["curve_seconds"]]
+    # Training time only: the first point (before any step) does not hold its own 1-s validation; the three are left out of the total.
+    assert seconds[0] < 0.5 and seconds == sorted(seconds) and seconds[-1] <= state["seconds"] < wall - 2.5
+    # The last point is the final model's Hit@1 / NDCG@10 on those users' validation items, as evaluated at inference.
+    rec = LLMRecommender(PromptReader(model, tok, ds.titles, ds.wording, tallrec_prompt_config(model), seed=cfg.seed))
+    ranks = evaluate_users(rec, ds, "valid", held, "rank")["rank"]
+    assert state["curve"][-1][1] == pytest.approx(float((ranks == 0).mean()))
+    assert state["curve"][-1][2] == pytest.approx(float(np.mean(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0))))
+    with pytest.raises(ValueError, match="valid_users"):
+        TallrecConfig(valid_users=-1)
 
 
 def test_only_lora_receives_gradients(smollm, ds, monkeypatch):

@@ -57,11 +57,14 @@ import torch
 from torch import nn
 
 from allmrec.align.stage2.config import Stage2TrainConfig
-from allmrec.align.stage2.examples import Examples
+from allmrec.align.stage2.examples import Examples, curve_users
 from allmrec.config import check_resumable, length_field, runtime_field
 from allmrec.data.dataset import SequenceDataset
+from allmrec.data.queries import Queries
+from allmrec.eval.metrics import ranking_metrics, target_ranks
 from allmrec.llm.loading import llm_identity
 from allmrec.llm.prompt import PromptConfig, build_prompt, display_titles
+from allmrec.llm.reader import PromptReader
 from allmrec.llm.scoring import target_loss
 from allmrec.llm.splice import splice
 from allmrec.training import LoopOptions, TrainingTask, run_training
@@ -89,6 +92,11 @@ class TallrecConfig:
     batch_size, epochs, max_steps, max_train_users, history_len, n_candidates, max_title_tokens, seed :
         As in :class:`allmrec.align.stage2.Stage2Config`; equal values give the same training
         examples as A-LLMRec's stage 2.
+    valid_users, eval_every :
+        As in :class:`allmrec.align.stage2.Stage2TrainConfig`: seeded training users held out of
+        training (the same users as stage 2's for equal ``seed`` and ``valid_users``), whose
+        validation items give the learning curve (validation Hit@1 every ``eval_every`` steps,
+        candidates ranked by title likelihood): the two methods' curves are comparable.
     checkpoint_every, keep_checkpoints, log_every :
         Checkpoint period (steps), checkpoint folders kept, steps per loss-log entry.
     """
@@ -106,6 +114,8 @@ class TallrecConfig:
     n_candidates: int = 20
     max_title_tokens: int = 16
     seed: int = 42
+    valid_users: int = 0
+    eval_every: int = runtime_field(0)
     checkpoint_every: int = runtime_field(500)
     keep_checkpoints: int = runtime_field(1)
     log_every: int = runtime_field(10)
@@ -122,6 +132,10 @@ class TallrecConfig:
         if isinstance(self.target_modules, str) or not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
             raise ValueError(f"TallrecConfig.target_modules must be a non-empty list of module names, got {self.target_modules!r}")
         self.target_modules = list(self.target_modules)
+        for name in ("valid_users", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"TallrecConfig.{name} must be an integer >= 0, got {value!r}")
         for name in ("max_steps", "max_train_users"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -132,7 +146,8 @@ class TallrecConfig:
     def examples_config(self) -> Stage2TrainConfig:
         """The stage-2 training options whose examples (users, targets, candidates, order) TALLRec trains on."""
         return Stage2TrainConfig(batch_size=self.batch_size, epochs=self.epochs, max_steps=self.max_steps, max_train_users=self.max_train_users,
-                                 n_candidates=self.n_candidates, seed=self.seed, train_target="train", train_projectors=True)
+                                 n_candidates=self.n_candidates, seed=self.seed, train_target="train", train_projectors=True,
+                                 valid_users=self.valid_users)
 
     def prompt_config(self) -> PromptConfig:
         """The text-only prompt used for training and inference."""
@@ -329,6 +344,18 @@ class TallrecTask(TrainingTask):
         self.optimizer.step()
         return float(loss.detach())
 
+    def validate(self) -> dict[str, float]:
+        """Hit@1 / NDCG@10 on the held-out users' validation items (``valid_users``), the LoRA
+        model ranking the stored candidates by title likelihood, as at inference."""
+        held_out = curve_users(self.dataset, self.examples.config)
+        if len(held_out) == 0:
+            return {}
+        self.model.eval()
+        reader = PromptReader(self.model, self.tokenizer, self.dataset.titles, self.dataset.wording, self.prompt, seed=self.config.seed)
+        scores = reader.score(Queries.from_split(self.dataset, "valid", held_out))
+        self.model.train()
+        return ranking_metrics(target_ranks(scores))
+
     def finish(self, state: dict[str, Any]) -> None:
         """Write the final LoRA weights + ``model.json`` (before the loop's ``done.json``)."""
         self.state = state
@@ -376,7 +403,8 @@ def train_tallrec(
     out = Path(out_dir) if out_dir is not None else None
     task = TallrecTask(dataset, llm, tokenizer, config, out)
     options = LoopOptions(epochs=config.epochs, max_steps=config.max_steps, checkpoint_every=config.checkpoint_every,
-                          keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, progress=progress)
+                          keep_checkpoints=config.keep_checkpoints, log_every=config.log_every,
+                          validate_every_steps=config.eval_every if config.valid_users else 0, progress=progress)
     state = run_training(task, options, out, resume=resume)
     return _finish(task.peft_model, llm, task.final_meta, merge=False), state
 

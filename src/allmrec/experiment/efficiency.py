@@ -1,6 +1,7 @@
 """Efficiency (paper Table 8): A-LLMRec vs TALLRec wall time on the same LLM, data, batch size
 and machine, in one process. Training: seconds per step after a 1-step warm-up (nothing saved);
-inference: ranking the candidates of a few test users."""
+inference: ranking the candidates of a few test users. Training time *to a validation Hit@1*
+from learning curves: :func:`timeline` and :func:`time_to_reach` (``benchmarks/efficiency.py``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ import numpy as np
 
 from allmrec.eval.evaluate import evaluate_users
 from allmrec.experiment.resources import SharedResources, free_memory
+
+
+def timeline(state: dict[str, Any], offset: float = 0.0) -> list[tuple[float, float]]:
+    """``(training seconds, validation Hit@1)`` at each learning-curve point of a trainer state
+    (:func:`allmrec.training.run_training` with ``validate_every_steps``), ``offset`` seconds
+    (the training before this run: stage 1 and the fusion before stage 2) added."""
+    seconds = dict((int(step), float(s)) for step, s in state.get("curve_seconds", []))
+    missing = [int(p[0]) for p in state.get("curve", []) if int(p[0]) not in seconds]
+    if missing:
+        raise ValueError(f"the learning curve has no training time for steps {missing[:5]} (a run from before curve_seconds was recorded)")
+    return [(offset + seconds[int(p[0])], float(p[1])) for p in state.get("curve", [])]
+
+
+def time_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
+    """The training seconds of the first point whose Hit@1 is at least ``target`` (``None``: never)."""
+    return next((t for t, hit in sorted(points) if hit >= target - 1e-12), None)
 
 
 def time_stage2_training(res: Any, steps: int, batch_size: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ applied to the last hidden state (logit soft-capping, logit scaling) fall back t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,6 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from allmrec.llm.splice import IGNORE, SplicedBatch
+
+
+def continued(llm: nn.Module, out) -> dict:
+    """The keyword argument that continues ``out``'s KV cache in the next forward of ``llm``:
+    ``cache`` from transformers 5.2x (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+    cache = out["cache"] if "cache" in out else out.past_key_values
+    return {"cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values": cache}
 
 
 def body_and_head(llm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
@@ -153,7 +161,7 @@ def score_answers(
         dtype = prefix.inputs_embeds.dtype
         mask = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)[:, None]
         pos = prefix.attention_mask.sum(1, keepdim=True) + offset
-        logits = llm(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values, use_cache=True).logits
+        logits = llm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **continued(llm, out)).logits
         logp = logits[rows, cols].float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
         scores = scores.reshape(-1).index_add(0, rows * n_cand + cands, logp).view(bsz, n_cand)
     if length_normalize:
@@ -192,7 +200,7 @@ def greedy_generate(
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones((bsz, 1), dtype=mask.dtype, device=device)], 1)
-        out = llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=out.past_key_values, use_cache=True)
+        out = llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True, **continued(llm, out))
         pos = pos + 1
     gen = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(bsz)]
     return [row[: row.index(eos_token_id)] if eos_token_id in row else row for row in gen]
