@@ -42,6 +42,12 @@ from allround import cpu_flags, forced_llm_recommender, timed  # noqa: E402
 from allmrec.experiment.efficiency import time_to_reach, timeline  # noqa: E402
 
 
+# The best mode's training before stage 2, counted whole: the fusions step fits the control too and
+# trains the prior's text tower (the fusion's own "seconds" leave the tower out), so this errs against it.
+BEFORE_STAGE2 = ("stage 1", "fusions (the prior and the control)")
+INFERENCE = ("A-LLMRec best mode (as its LLM-path check left it)", "A-LLMRec best mode, LLM path forced on", "TALLRec")
+
+
 def tallrec_config(res, steps: int, eval_every: int):
     """TALLRec on stage 2's examples: the same batch size, prompt sizes, seed and held-out users."""
     from allmrec.baselines.tallrec import TallrecConfig
@@ -97,7 +103,15 @@ def main() -> None:
     ap.add_argument("--tallrec-eval-every", type=int, default=50)
     ap.add_argument("--test-users", type=int, default=50)
     ap.add_argument("--set", action="append", default=[], help="section.key=value overrides")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the summary, Markdown and plot of an earlier run's JSON")
+    ap.add_argument("--warm-caches", action="store_true", help="keep $ALLMREC_HOME (a cached text tower or item encoding is then not training time)")
     args = ap.parse_args()
+    if args.report_only:
+        return report(ROOT / "benchmarks" / "results" / f"efficiency_{args.name}")
+    run = Path(args.run or ROOT / "runs" / f"efficiency-{args.name}")
+    shutil.rmtree(run, ignore_errors=True)  # every training time below is measured from nothing
+    if not args.warm_caches:  # nor from what earlier runs cached (text towers, item encodings); the dataset and LLM conversion are timed apart
+        os.environ["ALLMREC_HOME"] = str(run / "cache")
 
     from allmrec.baselines.tallrec import tallrec_prompt_config, train_tallrec
     from allmrec.eval.report import machine_description
@@ -109,8 +123,6 @@ def main() -> None:
     from allmrec.recommend.llm import LLMRecommender
     from allmrec.utils.io import read_json, write_json
 
-    run = Path(args.run or ROOT / "runs" / f"efficiency-{args.name}")
-    shutil.rmtree(run, ignore_errors=True)  # every training time below is measured from nothing (the dataset and text caches may be warm)
     flags = {"data.path": str(Path(args.data).resolve())} if args.data else {}
     config, run_dir = RunConfig.layered(run, Path(args.config), flags, args.set)
     res = Resources(config, RunFolder(run_dir))
@@ -123,74 +135,97 @@ def main() -> None:
     timed(seconds, "CF model", lambda: steps.train_cf(res))
     timed(seconds, "stage 1", lambda: steps.align(res))
     timed(seconds, "fusions (the prior and the control)", lambda: steps.fuse(res))
-    fusion_seconds = float(read_json(res.folder.fusion / "fusion" / "model.json")["seconds"]["total"])
     _, s2_state = timed(seconds, "stage 2", lambda: steps.train_stage2(res))
-    best = timeline(s2_state, offset=seconds["stage 1"] + fusion_seconds)
 
     llm, tok = res.llm
     tcfg = tallrec_config(res, args.tallrec_steps, args.tallrec_eval_every)
     tallrec_model, t_state = timed(seconds, "TALLRec (validations included)", lambda: train_tallrec(res.dataset, llm, tok, tcfg, run / "tallrec", progress=True))
     tallrec = timeline(t_state)
 
-    target = max(h for _, h in tallrec)
-    t_tallrec, t_best = time_to_reach(tallrec, target), time_to_reach(best, target)
-    improved = target > tallrec[0][1]  # the first point is the base LLM, before any step
-    best_final = best[-1][1]
-
     users = steps.evaluation_users(res, "test", args.test_users)
     seed = config.eval().seed
-    recs = {"A-LLMRec best mode (as its LLM-path check left it)": get_method("allmrec").build(res, seed),
-            "A-LLMRec best mode, LLM path forced on": forced_llm_recommender(res),
-            "TALLRec": LLMRecommender(PromptReader(tallrec_model, tok, res.dataset.titles, res.dataset.wording, tallrec_prompt_config(tallrec_model), seed=seed))}
+    recs = {INFERENCE[0]: get_method("allmrec").build(res, seed), INFERENCE[1]: forced_llm_recommender(res),
+            INFERENCE[2]: LLMRecommender(PromptReader(tallrec_model, tok, res.dataset.titles, res.dataset.wording, tallrec_prompt_config(tallrec_model), seed=seed))}
     infer = inference(recs, res, users)
-    t_user = {k: v["seconds_per_user"] for k, v in infer.items()}
-    labels = list(recs)
-
     stage2_meta = read_json(res.folder.stage2 / "model.json")
     out = {
         "benchmark": f"efficiency_{args.name}", "data": f"{res.dataset.name} ({res.dataset.n_users} users, {res.dataset.n_items} items)",
+        "caches": "warm ($ALLMREC_HOME kept)" if args.warm_caches else "empty (ALLMREC_HOME in the run folder)",
         "machine": machine_description(), "cpu_flags": cpu_flags(), "load_average_at_start": [round(x, 2) for x in load_at_start],
         "threads": f"torch default ({__import__('torch').get_num_threads()}), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
         "held_out_users": int(s2.train.valid_users), "batch_size": int(s2.train.batch_size),
-        "target": {"what": "the best validation Hit@1 TALLRec reached", "hit@1": target, "TALLRec improved on its base LLM": bool(improved)},
-        "time_to_target_seconds": {"TALLRec": t_tallrec, "A-LLMRec best mode (stage 1 + fusion + stage 2)": t_best,
-                                   "A-LLMRec best mode, the CF model's training counted too": None if t_best is None else t_best + seconds["CF model"]},
-        "ratios": {
-            "training to the target: TALLRec / best mode": ratio(t_tallrec, t_best),
-            "training to the target: TALLRec / best mode with the CF model's training": ratio(t_tallrec, None if t_best is None else t_best + seconds["CF model"]),
-            "whole training: TALLRec's steps / best mode's stage 1 + fusion + stage 2": ratio(tallrec[-1][0], best[-1][0]),
-            "inference: TALLRec / best mode as left by its check": ratio(t_user["TALLRec"], t_user[labels[0]]),
-            "inference: TALLRec / best mode with the LLM path forced on": ratio(t_user["TALLRec"], t_user[labels[1]]),
-        },
-        "final_validation_hit@1": {"TALLRec": tallrec[-1][1], "A-LLMRec best mode (curve, LLM path on)": best_final,
-                                   "A-LLMRec LLM-path check": stage2_meta.get("llm_path")},
-        "curves": {"TALLRec": tallrec, "A-LLMRec best mode": best},
+        "stage2_llm_path": stage2_meta.get("llm_path"),
+        "curves": {"TALLRec": tallrec, "A-LLMRec stage 2": timeline(s2_state)},
+        "before_stage2_seconds": {k: seconds[k] for k in BEFORE_STAGE2},
         "tallrec": {"steps": int(t_state["step"]), "seconds": float(t_state["seconds"]), "seconds_per_step": float(t_state["seconds"]) / max(int(t_state["step"]), 1),
                     "config": dataclasses.asdict(tcfg)},
-        "stage2": {"steps": int(s2_state["step"]), "seconds": float(s2_state["seconds"]), "fusion_fit_seconds": fusion_seconds},
+        "stage2": {"steps": int(s2_state["step"]), "seconds": float(s2_state["seconds"])},
         "inference": infer, "seconds": seconds, "config": config.values,
     }
-    name = f"efficiency_{args.name}"
-    dest = ROOT / "benchmarks" / "results" / name
+    dest = ROOT / "benchmarks" / "results" / f"efficiency_{args.name}"
     write_json(dest.with_suffix(".json"), out)
-    r_target, r_target_cf, r_whole, r_infer, r_forced = out["ratios"].values()
-    fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-    minutes = lambda t: None if t is None else t / 60  # noqa: E731
-    md = [f"# Efficiency against TALLRec: {out['data']}, one process", "",
-          f"Target: TALLRec's best validation Hit@1 on {s2.train.valid_users} held-out users, {target:.3f} "
-          f"({'above' if improved else 'not above'} its base LLM's {tallrec[0][1]:.3f}).", "",
-          "| | TALLRec | A-LLMRec best mode | TALLRec / best mode |", "|---|---|---|---|",
-          f"| training minutes to the target | {fmt(minutes(t_tallrec))} | {fmt(minutes(t_best))} (+{seconds['CF model'] / 60:.1f} for the CF model) "
-          f"| {fmt(r_target, 1)}x ({fmt(r_target_cf, 1)}x with the CF model) |",
-          f"| whole training, minutes (final validation Hit@1) | {tallrec[-1][0] / 60:.1f} ({tallrec[-1][1]:.3f}) | {best[-1][0] / 60:.1f} ({best_final:.3f}) | {fmt(r_whole, 1)}x |",
-          f"| inference, s per user, as shipped | {t_user['TALLRec']:.3f} | {t_user[labels[0]]:.4f} | {fmt(r_infer, 0)}x |",
-          f"| inference, s per user, LLM path forced on | {t_user['TALLRec']:.3f} | {t_user[labels[1]]:.3f} | {fmt(r_forced, 2)}x |", "",
-          f"Test Hit@1 on the {len(users)} inference users: " + ", ".join(f"{k} {v['hit@1']:.2f}" for k, v in infer.items()) + ".", "",
-          f"Machine: {out['machine']}; CPU flags: {out['cpu_flags']}; {out['threads']}. Step wall times (s): {seconds}."]
-    dest.with_suffix(".md").write_text("\n".join(md) + "\n")
-    plot(dest.with_suffix(".png"), {"TALLRec": tallrec, "A-LLMRec best mode": best}, target, out["data"])
-    print("\n".join(md))
+    report(dest)
 
+
+def best_mode_timeline(out: dict) -> list[tuple[float, float]]:
+    """Stage 2's curve shifted by the best mode's training before it (stage 1 and the fusions)."""
+    offset = sum(out["before_stage2_seconds"].values())
+    return [(t + offset, hit) for t, hit in out["curves"]["A-LLMRec stage 2"]]
+
+
+def summarize(out: dict) -> dict:
+    """The target (TALLRec's best validation Hit@1), each method's training time to it and the
+    ratios, from the measured curves, step times and inference times."""
+    tallrec, best = out["curves"]["TALLRec"], best_mode_timeline(out)
+    cf = out["seconds"]["CF model"]
+    target = max(h for _, h in tallrec)
+    t_tallrec, t_best = time_to_reach(tallrec, target), time_to_reach(best, target)
+    whole = best[-1][0] if best[-1][1] >= target else None  # the shipped model exists once stage 2 ends
+    shipped, forced, lora = (out["inference"][k]["seconds_per_user"] for k in INFERENCE)
+    return {
+        "target": {"what": "the best validation Hit@1 TALLRec reached", "hit@1": target, "TALLRec improved on its base LLM": target > tallrec[0][1]},
+        "time_to_target_seconds": {"TALLRec": t_tallrec, "A-LLMRec best mode (stage 1 + fusion + stage 2 to the first point at the target)": t_best,
+                                   "A-LLMRec best mode, its whole training (stage 2 to its end)": whole,
+                                   "A-LLMRec best mode, its whole training and the CF model's": None if whole is None else whole + cf},
+        "ratios": {
+            "training to the target: TALLRec / best mode": ratio(t_tallrec, t_best),
+            "training to the target: TALLRec / best mode's whole training": ratio(t_tallrec, whole),
+            "training to the target: TALLRec / best mode's whole training and its CF model's": ratio(t_tallrec, None if whole is None else whole + cf),
+            "inference: TALLRec / best mode as left by its check": ratio(lora, shipped),
+            "inference: TALLRec / best mode with the LLM path forced on": ratio(lora, forced),
+        },
+    }
+
+
+def report(dest: Path) -> None:
+    """Add the summary to the results JSON and write its Markdown table and plot."""
+    from allmrec.utils.io import read_json, write_json
+
+    out = read_json(dest.with_suffix(".json"))
+    out.update(summarize(out))
+    write_json(dest.with_suffix(".json"), out)
+    tallrec, best = out["curves"]["TALLRec"], best_mode_timeline(out)
+    target, t = out["target"]["hit@1"], list(out["time_to_target_seconds"].values())
+    r = list(out["ratios"].values())
+    shipped, forced, lora = (out["inference"][k]["seconds_per_user"] for k in INFERENCE)
+    fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    minutes = lambda x: None if x is None else x / 60  # noqa: E731
+    md = [f"# Efficiency against TALLRec: {out['data']}, one process", "",
+          f"Target: TALLRec's best validation Hit@1 on {out['held_out_users']} held-out users, {target:.3f} "
+          f"({'above' if out['target']['TALLRec improved on its base LLM'] else 'not above'} its base LLM's {tallrec[0][1]:.3f}).", "",
+          "| | TALLRec | A-LLMRec best mode | TALLRec / best mode |", "|---|---|---|---|",
+          f"| training minutes to the target | {fmt(minutes(t[0]))} | {fmt(minutes(t[1]))} | {fmt(r[0], 1)}x |",
+          f"| the same, counting the best mode's whole training | | {fmt(minutes(t[2]))} (+{out['seconds']['CF model'] / 60:.1f} for the CF model) "
+          f"| {fmt(r[1], 1)}x ({fmt(r[2], 1)}x with the CF model) |",
+          f"| final validation Hit@1 (training minutes) | {tallrec[-1][1]:.3f} ({tallrec[-1][0] / 60:.1f}) | {best[-1][1]:.3f} ({best[-1][0] / 60:.1f}) | |",
+          f"| inference, s per user, as shipped | {lora:.3f} | {shipped:.4f} | {fmt(r[3], 0)}x |",
+          f"| inference, s per user, LLM path forced on | {lora:.3f} | {forced:.3f} | {fmt(r[4], 2)}x |", "",
+          f"Test Hit@1 on the {out['inference'][INFERENCE[2]]['users']} inference users: "
+          + ", ".join(f"{k} {v['hit@1']:.2f}" for k, v in out["inference"].items()) + ".", "",
+          f"Machine: {out['machine']}; CPU flags: {out['cpu_flags']}; {out['threads']}; caches {out.get('caches', '?')}. Step wall times (s): {out['seconds']}."]
+    dest.with_suffix(".md").write_text("\n".join(md) + "\n")
+    plot(dest.with_suffix(".png"), {"TALLRec": tallrec, "A-LLMRec best mode (stage 1, fusions, then stage 2)": best}, target, out["data"])
+    print("\n".join(md))
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,8 @@ def results() -> dict:
         "train/main": {"kind": "train", "status": "done", "variant": "main", "group": "main", "seconds": 30.0,
                        "cf": {"backbone": "sasrec", "best_epoch": 3, "best_valid_ndcg@10": 0.5},
                        "stage2": {"objective": "listwise", "residual": True, "item_table": "joint", "steps": 20, "batch_size": 4, "seconds": 80.0,
-                                  "seconds_per_step": 4.0, "curve": [[0, 0.2, 0.4], [10, 0.3, 0.5], [20, 0.35, 0.55]]}},
+                                  "seconds_per_step": 4.0, "curve": [[0, 0.2, 0.4], [10, 0.3, 0.5], [20, 0.35, 0.55]],
+                                  "llm_path": {"checked": True, "adopted": False, "loglik_gain": {"diff": 0.0009, "low": -0.011, "high": 0.013}}}},
         "eval/overall/main/cf": _eval("overall", "main", "cf", "sasrec", "SASRec", 0.3125),
         "eval/overall/main/allmrec": _eval("overall", "main", "allmrec", "allmrec", "A-LLMRec (best mode: listwise residual)", 0.4375),
         "eval/overall/paper/allmrec": _eval("overall", "paper", "allmrec", "allmrec", "A-LLMRec (paper: LM loss)", 0.1875, **{"gen_hit@1": 0.0625, "gen_no_match": 0.5}),
@@ -78,7 +79,7 @@ def test_report_cells_come_from_the_json():
     assert "| train: TALLRec / A-LLMRec (paper: LM loss) (this run) | 2.50x |" in md
     assert "2.53x" in md and "1.70x" in md
     assert "| LLM-Only | 0.2000 | 0.9000 | 0.3000 |" in md
-    assert "`train/main`" in md
+    assert _row(md, "train/main")[:2] == ["main", "20"] and _row(md, "train/main")[-2] == "not kept: gain +0.0009 [-0.0110, +0.0130]"
     assert "`eval/overall/tallrec/tallrec`: unavailable: module allmrec.baselines.tallrec is not available" in md
     assert "`eval/overall/morec/cf`: not reached yet" in md
     assert "CTRL and RECFORMER" in md and "Machine: test machine" in md

@@ -288,8 +288,9 @@ class _Report:
             body = []
             for uid, x in full:
                 part = x.get("stage2") or x.get("tallrec") or {}
-                body.append([x["variant"], _n(part.get("steps")), _f(part.get("seconds"), 1), _f(part.get("seconds_per_step"), 3), f"`{uid}`"])
-            self.table(["run", "steps", "seconds", "s / step", "unit"], body)
+                body.append([x["variant"], _n(part.get("steps")), _f(part.get("seconds"), 1), _f(part.get("seconds_per_step"), 3),
+                             _llm_path(part.get("llm_path")), f"`{uid}`"])
+            self.table(["run", "steps", "seconds", "s / step", "LLM path (stage 2's check)", "unit"], body)
 
     def genres(self) -> None:
         rows = self.done(kind="genres")
@@ -355,6 +356,17 @@ class _Report:
 
 
 _EFF_LABELS = {"TALLRec": "TALLRec", "allmrec-paper": "A-LLMRec (paper: LM loss)", "allmrec-best": f"A-LLMRec ({MODE_LABELS['best']})", "tallrec": "TALLRec", "llm-only": "LLM-Only (no training)"}
+
+
+def _llm_path(check: dict[str, Any] | None) -> str:
+    """A best-mode stage 2's LLM-path decision: kept or not, with the log-likelihood gain it was judged on."""
+    if not check:
+        return "-"
+    verdict = "kept" if check.get("adopted") else "not kept"
+    gain = check.get("loglik_gain")
+    if not check.get("checked") or not gain:
+        return f"{verdict} (unchecked)"
+    return f"{verdict}: gain {gain['diff']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}]"
 
 
 def _f(x: Any, digits: int = 4) -> str:

@@ -32,7 +32,8 @@ def _stage2_summary(folder) -> dict[str, Any]:
     steps, seconds = int(state.get("step", 0)), float(state.get("seconds", 0.0))
     return {"mode": cfg.get("mode"), "objective": model.get("objective"), "residual": model.get("residual"), "train_target": train.get("train_target"),
             "item_table": model.get("item_table"), "batch_size": train.get("batch_size"), "steps": steps, "seconds": round(seconds, 2),
-            "seconds_per_step": round(seconds / steps, 4) if steps else None, "curve": state.get("curve", []), "loss_log": state.get("loss_log", [])}
+            "seconds_per_step": round(seconds / steps, 4) if steps else None, "curve": state.get("curve", []), "loss_log": state.get("loss_log", []),
+            "llm_path": meta.get("llm_path")}
 
 
 class UnitBuilder:
