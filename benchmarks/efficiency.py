@@ -2,7 +2,7 @@
 the same validation Hit@1*, and inference time per user.
 
     python benchmarks/efficiency.py [--config src/allmrec/configs/demo.yaml] [--name ml100k] \\
-        [--tallrec-steps 300] [--tallrec-eval-every 50] [--test-users 50] [--set section.key=value]
+        [--tallrec-steps 400] [--tallrec-eval-every 50] [--test-users 50] [--set section.key=value]
 
 Both methods use the same frozen LLM, dataset, stage-2 examples, batch size and held-out users
 (``stage2.train.valid_users`` seeded training users, never trained on by either; their
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="a `sequences` folder (sets data.path); default: the config's dataset")
     ap.add_argument("--name", default="ml100k", help="names the results and the run folder")
     ap.add_argument("--run", default=None, help="run folder, emptied first (default runs/efficiency-<name>)")
-    ap.add_argument("--tallrec-steps", type=int, default=300)
+    ap.add_argument("--tallrec-steps", type=int, default=400)
     ap.add_argument("--tallrec-eval-every", type=int, default=50)
     ap.add_argument("--test-users", type=int, default=50)
     ap.add_argument("--set", action="append", default=[], help="section.key=value overrides")

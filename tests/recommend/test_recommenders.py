@@ -125,6 +125,8 @@ def test_best_mode_scores_batched_equal_one_prompt_at_a_time(smollm):
         scores[size] = reader.score(queries)
     lengths = reader._prompt_lengths(queries)
     assert len(set(lengths.tolist())) > 1  # the prompts differ in length: padding is exercised
-    tolerance = 1e-3 if llm.dtype == torch.float32 else 0.1
-    np.testing.assert_allclose(scores[4], scores[1], atol=tolerance)
+    # float32: equal to 1e-3. bfloat16 rounds each batch's sums differently: within 5% of a row's largest
+    # score (measured on an AVX512-BF16 CPU: up to 2.6%; float32 on the same machine within 1e-3).
+    scale = 1e-3 if llm.dtype == torch.float32 else 0.05 * np.abs(scores[1]).max(1, keepdims=True)
+    assert (np.abs(scores[4] - scores[1]) <= scale).all(), np.abs(scores[4] - scores[1]).max(1)
     assert np.array_equal(np.argsort(-scores[4], 1), np.argsort(-scores[1], 1))
