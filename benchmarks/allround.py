@@ -86,10 +86,20 @@ def catalogue(res: Resources, users: np.ndarray, recommenders: dict[str, object]
     return out
 
 
+# The config sections the paper-mode row depends on: its data, users, CF model, stage 1 and LLM.
+PAPER_ROW_SECTIONS = ("dataset", "data", "cf", "text_encoder", "stage1", "llm", "eval")
+
+
 def carry_paper_subset(path: Path, out: dict, sasrec_ranks: np.ndarray) -> None:
-    """Keep the paper-mode row (``allround_paper_subset.py``, 35 min) of an earlier run, with
-    SASRec's Hit@1 on its users in this run: equal to its own when the runs agree."""
+    """Keep the paper-mode row (``allround_paper_subset.py``, 35 min) of an earlier run made with
+    the same data, users, CF model, stage 1 and LLM, with SASRec's Hit@1 on its users in this run:
+    equal to its own when the runs agree."""
     if not path.exists() or "paper_mode_subset" not in (old := json.loads(path.read_text())):
+        return
+    changed = [k for k in PAPER_ROW_SECTIONS if old.get("config", {}).get(k) != out["config"].get(k)]
+    if changed:
+        print(f"the paper-mode row of {path} is not carried over: it was made with other {', '.join(changed)}; "
+              "run benchmarks/allround_paper_subset.py on this run", flush=True)
         return
     subset = dict(old["paper_mode_subset"])
     n = int(subset["users"])
