@@ -49,24 +49,24 @@ INFERENCE = ("A-LLMRec best mode (as its LLM-path check left it)", "A-LLMRec bes
 
 
 def tallrec_config(res, steps: int, eval_every: int):
-    """TALLRec on stage 2's examples: the same batch size, prompt sizes, seed and held-out users."""
-    from allmrec.baselines.tallrec import TallrecConfig
+    """TALLRec on stage 2's examples: the same batch size, prompt sizes, seed and held-out users,
+    every training user (not stage 2's sample), ``steps`` steps."""
+    from allmrec.baselines.tallrec import TallrecConfig, stage2_sizes
 
     s2 = res.config.stage2()
-    return TallrecConfig(batch_size=s2.train.batch_size, epochs=10**6, max_steps=steps, history_len=s2.model.history_len, n_candidates=s2.train.n_candidates,
-                         max_title_tokens=s2.model.max_title_tokens, seed=s2.train.seed, valid_users=s2.train.valid_users, eval_every=eval_every,
-                         checkpoint_every=eval_every)
+    return TallrecConfig(**{**stage2_sizes(s2), "epochs": 10**6, "max_steps": steps, "max_train_users": None}, seed=s2.train.seed,
+                         valid_users=s2.train.valid_users, eval_every=eval_every, checkpoint_every=eval_every)
 
 
 def inference(recommenders: dict, res, users: np.ndarray) -> dict[str, dict[str, float]]:
     from allmrec.eval.evaluate import evaluate_users
+    from allmrec.experiment.efficiency import time_inference
 
     out = {}
     for label, rec in recommenders.items():
-        t0 = time.perf_counter()
-        ranks = evaluate_users(rec, res.dataset, "test", users, "rank")["rank"]
-        seconds = time.perf_counter() - t0
-        out[label] = {"seconds_per_user": seconds / len(users), "users": int(len(users)), "hit@1": float((ranks == 0).mean())}
+        columns = {}
+        out[label] = time_inference(lambda: columns.update(evaluate_users(rec, res.dataset, "test", users, "rank")), len(users))  # noqa: B023
+        out[label]["hit@1"] = float((columns["rank"] == 0).mean())
         print(f"{time.strftime('%H:%M:%S')} inference {label}: {out[label]['seconds_per_user']:.4f} s per user", flush=True)
     return out
 
@@ -113,6 +113,8 @@ def main() -> None:
     if not args.warm_caches:  # nor from what earlier runs cached (text towers, item encodings); the dataset and LLM conversion are timed apart
         os.environ["ALLMREC_HOME"] = str(run / "cache")
 
+    import torch
+
     from allmrec.baselines.tallrec import tallrec_prompt_config, train_tallrec
     from allmrec.eval.report import machine_description
     from allmrec.llm.reader import PromptReader
@@ -152,7 +154,7 @@ def main() -> None:
         "benchmark": f"efficiency_{args.name}", "data": f"{res.dataset.name} ({res.dataset.n_users} users, {res.dataset.n_items} items)",
         "caches": "warm ($ALLMREC_HOME kept)" if args.warm_caches else "empty (ALLMREC_HOME in the run folder)",
         "machine": machine_description(), "cpu_flags": cpu_flags(), "load_average_at_start": [round(x, 2) for x in load_at_start],
-        "threads": f"torch default ({__import__('torch').get_num_threads()}), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+        "threads": f"torch default ({torch.get_num_threads()}), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
         "held_out_users": int(s2.train.valid_users), "batch_size": int(s2.train.batch_size),
         "stage2_llm_path": stage2_meta.get("llm_path"),
         "curves": {"TALLRec": tallrec, "A-LLMRec stage 2": timeline(s2_state)},

@@ -162,6 +162,15 @@ class TallrecConfig:
         )
 
 
+def stage2_sizes(stage2: Any) -> dict[str, Any]:
+    """The :class:`TallrecConfig` values the paper keeps equal to A-LLMRec's stage 2
+    (:class:`allmrec.align.stage2.Stage2Config`): batch size, length, training users, history,
+    candidates and title length."""
+    t, m = stage2.train, stage2.model
+    return {"batch_size": t.batch_size, "epochs": t.epochs, "max_steps": t.max_steps, "max_train_users": t.max_train_users,
+            "history_len": m.history_len, "n_candidates": t.n_candidates, "max_title_tokens": m.max_title_tokens}
+
+
 # ---- the LoRA copy of the shared LLM ------------------------------------------------------------
 @contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:

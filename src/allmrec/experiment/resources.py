@@ -106,12 +106,9 @@ class SharedResources:
     def tallrec_config(self):
         """TallrecConfig from ``baselines.tallrec_options``; the prompt and data sizes the paper
         keeps equal to A-LLMRec's default to the base stage-2 settings."""
-        from allmrec.baselines.tallrec import TallrecConfig
+        from allmrec.baselines.tallrec import TallrecConfig, stage2_sizes
 
-        s2 = self.main.config.stage2()
-        values = {"batch_size": s2.train.batch_size, "epochs": s2.train.epochs, "max_steps": s2.train.max_steps, "max_train_users": s2.train.max_train_users,
-                  "history_len": s2.model.history_len, "n_candidates": s2.train.n_candidates, "max_title_tokens": s2.model.max_title_tokens}
-        values.update(self.cfg.baselines.tallrec_options)
+        values = {**stage2_sizes(self.main.config.stage2()), **self.cfg.baselines.tallrec_options}
         return from_dict(TallrecConfig, values, where="baselines.tallrec_options")
 
     def tallrec_model(self, name: str, model: Any | None = None):

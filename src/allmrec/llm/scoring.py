@@ -9,6 +9,7 @@ applied to the last hidden state (logit soft-capping, logit scaling) fall back t
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -23,7 +24,13 @@ def continued(llm: nn.Module, out) -> dict:
     """The keyword argument that continues ``out``'s KV cache in the next forward of ``llm``:
     ``cache`` from transformers 5.2x (``past_key_values`` is deprecated there), ``past_key_values`` before."""
     cache = out["cache"] if "cache" in out else out.past_key_values
-    return {"cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values": cache}
+    return {_cache_keyword(type(llm)): cache}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(model_type: type) -> str:
+    """Looked up once per model class: greedy decoding asks on every token."""
+    return "cache" if "cache" in inspect.signature(model_type.forward).parameters else "past_key_values"
 
 
 def body_and_head(llm: nn.Module) -> tuple[nn.Module, nn.Module] | None:
